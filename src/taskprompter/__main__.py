@@ -1,0 +1,3 @@
+from taskprompter.cli import main
+
+raise SystemExit(main())
