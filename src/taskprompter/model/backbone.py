@@ -1,0 +1,190 @@
+"""Plain ViT pieces with timm's parameter names, and loading of pretrained ViT weights from local files.
+
+timm itself cannot be installed beside the CPU torch wheel on our machines (it imports torchvision), so the few
+ViT layers are written here with timm's names -- ``patch_embed.proj``, ``pos_embed``, ``blocks.{i}.norm1``,
+``.attn.qkv``, ``.attn.proj``, ``.norm2``, ``.mlp.fc1``, ``.mlp.fc2``, ``norm`` -- so that timm state dicts and the
+Google augreg ``.npz`` files load directly, with every shape asserted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens: a ``patch_size`` x ``patch_size`` stride-``patch_size`` conv (with bias)."""
+
+    def __init__(self, *, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.proj(images)  # (B, C, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, N, C)
+
+
+class Mlp(nn.Module):
+    """ViT feed-forward: Linear(C, rC) -> exact (erf) GELU -> Linear(rC, C)."""
+
+    def __init__(self, *, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch per sample with probability ``p`` (training only)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], *, num_prefix: int = 1) -> Tensor:
+    """Resize a (1, prefix + g0*g1, C) position table to ``grid`` bicubically (align_corners False).
+
+    The prefix (the unused cls slot) is kept as it is; a square source grid is assumed, as in every released ViT.
+    """
+    prefix, table = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    n0 = table.shape[1]
+    g0 = int(math.isqrt(n0))
+    if g0 * g0 != n0:
+        raise CheckpointError(f"pos_embed grid of {n0} tokens is not square; cannot resize it")
+    if (g0, g0) == tuple(grid):
+        return pos_embed
+    C = table.shape[-1]
+    table = table.reshape(1, g0, g0, C).permute(0, 3, 1, 2)  # (1, C, g0, g0)
+    table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False).to(pos_embed.dtype)
+    table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], C)  # (1, h*w, C)
+    return torch.cat([prefix, table], dim=1)
+
+
+# --------------------------------------------------------------------------------------------- pretrained weights
+
+# Keys of a timm ViT that TaskPrompter has no use for: the classifier, cls token, and pooling norms.
+_DROPPED_PREFIXES = ("head.", "head_drop", "cls_token", "fc_norm.", "pre_logits", "reg_token", "dist_token")
+
+
+def _npz_to_timm(npz: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
+    """Convert the big_vision / augreg ``.npz`` layout (Flax names, HWIO kernels) to timm-named tensors."""
+
+    def t(key: str) -> Tensor:
+        if key not in npz:
+            raise CheckpointError(f"npz weights lack '{key}'")
+        return torch.from_numpy(np.asarray(npz[key], dtype=np.float32))
+
+    out: dict[str, Tensor] = {}
+    out["patch_embed.proj.weight"] = t("embedding/kernel").permute(3, 2, 0, 1)  # HWIO -> OIHW
+    out["patch_embed.proj.bias"] = t("embedding/bias")
+    out["pos_embed"] = t("Transformer/posembed_input/pos_embedding")
+    if "cls" in npz:
+        out["cls_token"] = t("cls")
+    out["norm.weight"] = t("Transformer/encoder_norm/scale")
+    out["norm.bias"] = t("Transformer/encoder_norm/bias")
+    i = 0
+    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in npz:
+        p, b = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        mha = p + "MultiHeadDotProductAttention_1/"
+        out[b + "norm1.weight"], out[b + "norm1.bias"] = t(p + "LayerNorm_0/scale"), t(p + "LayerNorm_0/bias")
+        out[b + "norm2.weight"], out[b + "norm2.bias"] = t(p + "LayerNorm_2/scale"), t(p + "LayerNorm_2/bias")
+        # query/key/value kernels are (C, nH, d) -> timm's fused qkv weight (3C, C)
+        out[b + "attn.qkv.weight"] = torch.cat([t(mha + f"{n}/kernel").flatten(1).T for n in ("query", "key", "value")])
+        out[b + "attn.qkv.bias"] = torch.cat([t(mha + f"{n}/bias").flatten() for n in ("query", "key", "value")])
+        out[b + "attn.proj.weight"] = t(mha + "out/kernel").flatten(0, 1).T  # (nH, d, C) -> (C, C)
+        out[b + "attn.proj.bias"] = t(mha + "out/bias")
+        mlp = p + "MlpBlock_3/" if p + "MlpBlock_3/Dense_0/kernel" in npz else p + "MlpBlock_1/"
+        for j in (0, 1):
+            out[b + f"mlp.fc{j + 1}.weight"] = t(mlp + f"Dense_{j}/kernel").T
+            out[b + f"mlp.fc{j + 1}.bias"] = t(mlp + f"Dense_{j}/bias")
+        i += 1
+    if i == 0:
+        raise CheckpointError("npz weights hold no 'Transformer/encoderblock_*' entries: not a ViT checkpoint")
+    return out
+
+
+def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Read a ViT state dict in timm names from a local ``.safetensors``, ``.pth``/``.pt``/``.bin`` or ``.npz``.
+
+    ``.pth`` files are read with ``weights_only=True``; a ``{'model': ...}`` or ``{'state_dict': ...}`` wrapper and a
+    ``module.`` prefix are accepted.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        elif path.endswith(".npz"):
+            with np.load(path) as npz:
+                state = _npz_to_timm(dict(npz))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # corrupt or truncated file
+        raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
+            state = state[wrapper]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_vit_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[str, Tensor]) -> list[str]:
+    """Load pretrained ViT weights (timm names) into ``backbone`` and return the backbone keys left untouched.
+
+    The position table is resized to the backbone's grid; classifier, cls token and pooling norms are dropped; every
+    other key must exist in the backbone with the same shape, and every ViT key of the backbone must be provided
+    (only the task prompts, and the channel-prompt layers that ImageNet weights cannot have, may stay missing).
+    Problems raise ``CheckpointError`` listing the keys by name.
+    """
+    state = dict(read_vit_state_dict(weights) if not isinstance(weights, Mapping) else weights)
+    state = {k: v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
+    own = backbone.state_dict()
+    if "pos_embed" in state and "pos_embed" in own:
+        state["pos_embed"] = resize_pos_embed(state["pos_embed"], backbone.grid)
+    unexpected = sorted(set(state) - set(own))
+    if unexpected:
+        raise CheckpointError(f"ViT weights have keys the backbone lacks: {unexpected[:10]}"
+                              + (f" (+{len(unexpected) - 10} more)" if len(unexpected) > 10 else ""))
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in state.items() if v.shape != own[k].shape]
+    if mismatched:
+        raise CheckpointError("ViT weights have the wrong shapes: " + "; ".join(mismatched[:10]))
+    missing = sorted(set(own) - set(state))
+    vit_missing = [k for k in missing if not _is_prompt_key(k)]
+    if vit_missing:
+        raise CheckpointError(f"ViT weights lack backbone keys: {vit_missing[:10]}"
+                              + (f" (+{len(vit_missing) - 10} more)" if len(vit_missing) > 10 else ""))
+    backbone.load_state_dict(state, strict=False)
+    return missing
+
+
+def _is_prompt_key(key: str) -> bool:
+    """Backbone parameters that no ImageNet ViT has: the task prompts and the channel-prompt layers."""
+    return key == "prompts" or ".attn.channel_" in key

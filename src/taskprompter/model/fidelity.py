@@ -1,0 +1,64 @@
+"""Where the paper (Section 3) and the released code differ: one named option per difference.
+
+``fidelity="official"`` computes what the released code computes (so released checkpoints load and reproduce the
+published numbers); ``fidelity="paper"`` follows Section 3 literally. Each option can also be set on its own, which
+overrides the fidelity's value. ``docs/fidelity.md`` explains each row.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..errors import ConfigError
+
+
+class Choice(NamedTuple):
+    paper: Any
+    official: Any
+    allowed: tuple[Any, ...]
+    summary: str
+
+
+FIDELITY_OPTIONS: dict[str, Choice] = {
+    "channel_mlp_layers": Choice(
+        2, 1, (1, 2), "f_{C->N} and f_{N->C} (Eq. 2, 5): 2-layer MLPs in the paper, one Linear each in the code"),
+    "channel_qkv": Choice(
+        True, False, (True, False),
+        "W_q^c, W_k^c, W_v^c and the output linear of channel attention (Eq. 4): the code has none"),
+    "prompt_update": Choice(
+        "attended", "pre_attention", ("attended", "pre_attention"),
+        "Eq. 5 adds f_{N->C}(P^c') of the attended P^c'; the code adds f_{N->C}(P^c) of P^c before attention"),
+    "decode_affinity": Choice(
+        "probs", "logits", ("probs", "logits"),
+        "affinities used for decoding: softmax attention maps (paper) or unscaled q.k^T logits (code)"),
+    "affinity_residual": Choice(
+        False, True, (True, False), "Eq. 6/7 gate A*X; the code adds the residual, A*X + X"),
+    "prompting_proj": Choice(
+        False, True, (True, False),
+        "the code projects each prompted feature with a 1x1 conv C->e; the paper keeps C channels"),
+    "fusion": Choice(
+        "paper", "released", ("paper", "released"),
+        "Eq. 8 fusion: Conv3x3-BN-GELU (paper); Conv1x1-Conv3x3-BN-GELU-Conv1x1 (code)"),
+    "reweighting_mlp": Choice(
+        "shared", "per_task", ("shared", "per_task"),
+        "cross-task reweighting: one 2-layer MLP over heads of the (nH, T, T) affinity (paper); one MLP per "
+        "target task on its prompt row (code); both unnormalised"),
+}
+
+
+def resolve_fidelity(fidelity: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The value of every fidelity option: the fidelity's default unless overridden (``None`` = not overridden)."""
+    if fidelity not in ("official", "paper"):
+        raise ConfigError(f"fidelity must be 'official' or 'paper', got {fidelity!r}")
+    resolved = {}
+    for name, choice in FIDELITY_OPTIONS.items():
+        value = overrides.get(name)
+        if value is None:
+            value = getattr(choice, fidelity)
+        elif value not in choice.allowed:
+            raise ConfigError(f"{name} must be one of {choice.allowed}, got {value!r}")
+        resolved[name] = value
+    unknown = set(overrides) - set(FIDELITY_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown fidelity option(s) {sorted(unknown)}")
+    return resolved

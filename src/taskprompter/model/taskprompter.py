@@ -1,0 +1,164 @@
+"""TaskPrompter (Fig. 1): prompt embedding (Sec. 3.1), prompt-learning layers (3.2), prompt decoding (3.3), heads."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..tasks import ordered_tasks
+from .backbone import PatchEmbed
+from .decoder import HierarchicalPromptDecoder
+from .fidelity import resolve_fidelity
+from .heads import TaskHead
+from .prompt_block import Affinity, PromptBlock, window_grid
+
+
+class PromptViT(nn.Module):
+    """The encoder: a ViT whose token sequence starts with one learnable prompt per task (Eq. 1).
+
+    Parameter names are timm's (plus ``prompts``), so ImageNet ViT weights load directly. The position table keeps
+    the unused cls slot of the pretrained ViTs, (1, 1+N, C); prompts get no position embedding.
+    """
+
+    def __init__(self, *, num_tasks: int, grid: tuple[int, int], patch_size: int, embed_dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float, drop_path_rate: float, use_prompts: bool,
+                 grad_checkpointing: bool, **attn_kwargs) -> None:
+        super().__init__()
+        self.grid, self.num_tasks = grid, num_tasks if use_prompts else 0
+        self.grad_checkpointing = grad_checkpointing
+        N = grid[0] * grid[1]
+        self.patch_embed = PatchEmbed(patch_size=patch_size, embed_dim=embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + N, embed_dim))
+        if self.num_tasks:
+            self.prompts = nn.Parameter(torch.empty(self.num_tasks, embed_dim))  # P (T, C)   Sec. 3.1
+        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth 0 -> rate
+        self.blocks = nn.ModuleList(
+            PromptBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i],
+                        num_tasks=self.num_tasks, grid=grid, **attn_kwargs) for i in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+
+    def forward(self, images: Tensor, decode_blocks: Sequence[int]) -> list[tuple[Tensor, Affinity | None]]:
+        """images (B, 3, H, W) -> [(tokens X' (B, N, C), Affinity)] after each block in ``decode_blocks`` (1-based);
+        a level at the last block gets the final-normed tokens with the last block's affinities."""
+        x = self.patch_embed(images) + self.pos_embed[:, 1:]  # (B, N, C)
+        T = self.num_tasks
+        z = torch.cat([self.prompts.expand(x.shape[0], -1, -1), x], dim=1) if T else x  # Z_0 (B, T+N, C)   Eq. 1
+        levels = []
+        for i, block in enumerate(self.blocks, start=1):
+            need = i in decode_blocks
+            if self.grad_checkpointing and self.training:
+                z, affinity = checkpoint(block, z, need, use_reentrant=False)
+            else:
+                z, affinity = block(z, need)
+            if need:
+                tokens = z[:, T:]  # (B, N, C)
+                levels.append((self.norm(tokens) if i == len(self.blocks) else tokens, affinity))
+        return levels
+
+
+class TaskPrompter(nn.Module):
+    """Multi-task dense prediction from one prompted ViT: ``model(images) -> {task: (B, C_t, H, W) logits}``.
+
+    ``tasks`` maps task name to output channels (e.g. ``{"semseg": 21, "normals": 3}``); prompts follow the released
+    task order (semseg, depth, human_parts, sal, normals, edge), outputs the order given. ``decode_blocks`` are
+    1-based block counts (``(3, 6, 9, 12)`` for ViT-B: Hierarchical Prompting). ``fidelity`` picks the defaults of
+    the options in ``fidelity.FIDELITY_OPTIONS``; each may be overridden by name. Turning off ``spatial_prompts`` and
+    ``channel_prompts`` gives the paper's multi-task baseline (ViT + task heads, no prompts).
+    """
+
+    def __init__(
+        self, *, tasks: Mapping[str, int], img_size: tuple[int, int] = (512, 512), patch_size: int = 16,
+        embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
+        channel_heads: int = 16, decoder_dim: int = 780, final_dim: int = 1024,
+        decode_blocks: Sequence[int] | None = None, cross_task_reweighting: bool = True,
+        spatial_prompts: bool = True, channel_prompts: bool = True, fidelity: str = "official",
+        attention_impl: str = "efficient", grad_checkpointing: bool = False, drop_path_rate: float = 0.15,
+        head_act: str = "gelu", channel_mlp_layers: int | None = None, channel_qkv: bool | None = None,
+        prompt_update: str | None = None, decode_affinity: str | None = None, affinity_residual: bool | None = None,
+        prompting_proj: bool | None = None, fusion: str | None = None, reweighting_mlp: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.init_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
+                            if k not in ("self", "__class__")}
+        self.init_kwargs["tasks"] = dict(tasks)
+        if not tasks:
+            raise ValueError("tasks is empty: give at least one task, e.g. {'semseg': 21}")
+        self.task_names = ordered_tasks(tasks)  # prompt order
+        self.output_order = list(tasks)
+        if attention_impl not in ("efficient", "naive"):
+            raise ValueError(f"attention_impl must be 'efficient' or 'naive', got {attention_impl!r}")
+        H, W = self.img_size = tuple(img_size)
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"img_size {H}x{W} is not a multiple of patch_size {patch_size}")
+        self.grid = (H // patch_size, W // patch_size)
+        decode_blocks = tuple(decode_blocks) if decode_blocks else tuple(depth * k // 4 for k in (1, 2, 3, 4))
+        if sorted(set(decode_blocks)) != list(decode_blocks) or not all(1 <= b <= depth for b in decode_blocks):
+            raise ValueError(f"decode_blocks must be increasing block counts in 1..{depth}, got {decode_blocks}")
+        self.decode_blocks = decode_blocks
+        opts = resolve_fidelity(fidelity, dict(
+            channel_mlp_layers=channel_mlp_layers, channel_qkv=channel_qkv, prompt_update=prompt_update,
+            decode_affinity=decode_affinity, affinity_residual=affinity_residual, prompting_proj=prompting_proj,
+            fusion=fusion, reweighting_mlp=reweighting_mlp))
+        self.options = opts
+        if channel_prompts:
+            window_grid(self.grid, channel_heads)  # clear error for a bad K before building anything
+        if cross_task_reweighting and not spatial_prompts:
+            raise ValueError("cross_task_reweighting needs spatial_prompts (its weights come from A^s)")
+        use_prompts = spatial_prompts or channel_prompts
+        self.backbone = PromptViT(
+            num_tasks=len(self.task_names), grid=self.grid, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, use_prompts=use_prompts,
+            grad_checkpointing=grad_checkpointing, channel_heads=channel_heads, spatial_prompts=spatial_prompts,
+            channel_prompts=channel_prompts, channel_mlp_layers=opts["channel_mlp_layers"],
+            channel_qkv=opts["channel_qkv"], prompt_update=opts["prompt_update"],
+            decode_affinity=opts["decode_affinity"], attention_impl=attention_impl)
+        self.decoder = HierarchicalPromptDecoder(
+            num_levels=len(decode_blocks), tasks=self.task_names, dim=embed_dim, num_heads=num_heads,
+            decoder_dim=decoder_dim, final_dim=final_dim, spatial=spatial_prompts, channel=channel_prompts,
+            prompting_proj=opts["prompting_proj"], affinity_residual=opts["affinity_residual"],
+            fusion=opts["fusion"], reweighting=cross_task_reweighting, reweighting_mlp=opts["reweighting_mlp"],
+            attention_impl=attention_impl)
+        feat_dim = final_dim if use_prompts else embed_dim
+        self.heads = nn.ModuleDict({t: TaskHead(in_dim=feat_dim, mid_dim=final_dim, out_channels=tasks[t],
+                                                act=head_act) for t in self.task_names})
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Released init: Linear trunc_normal(0.02) / zero bias, norms 1/0, convs PyTorch default (heads' 3x3 conv
+        trunc_normal(0.02), set in TaskHead), position table trunc_normal(0.02), prompts N(1, 1) cut to [-2, 2]."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.backbone.pos_embed, std=0.02)
+        if self.backbone.num_tasks:
+            nn.init.trunc_normal_(self.backbone.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
+
+    def forward(self, images: Tensor, *, return_affinities: bool = False
+                ) -> dict[str, Tensor] | tuple[dict[str, Tensor], list[Affinity | None]]:
+        """images (B, 3, H, W) at ``img_size`` -> {task: logits (B, C_t, H, W)}; with ``return_affinities`` also the
+        Affinity of every decoding level (for Figs. 4 and 8)."""
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.img_size:
+            raise ValueError(f"expected images of shape (B, 3, {self.img_size[0]}, {self.img_size[1]}), got "
+                             f"{tuple(images.shape)}; resize/pad first (taskprompter.Predictor does it for any size)")
+        levels = self.backbone(images, self.decode_blocks)
+        feats = self.decoder(levels, self.grid)  # (B, T, f, h, w)
+        feats = F.interpolate(rearrange(feats, "b t c h w -> (b t) c h w"), scale_factor=4, mode="bilinear",
+                              align_corners=False)  # (B*T, f, 4h, 4w)
+        feats = rearrange(feats, "(b t) c h w -> b t c h w", t=len(self.task_names))
+        outputs = {}
+        for i, (task, head) in enumerate(self.heads.items()):
+            outputs[task] = F.interpolate(head(feats[:, i]), size=self.img_size, mode="bilinear", align_corners=False)
+        outputs = {t: outputs[t] for t in self.output_order}
+        if return_affinities:
+            return outputs, [affinity for _, affinity in levels]
+        return outputs
