@@ -36,7 +36,7 @@ class PromptViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + N, embed_dim))
         if self.num_tasks:
             self.prompts = nn.Parameter(torch.empty(self.num_tasks, embed_dim))  # P (T, C)   Sec. 3.1
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # stochastic depth 0 -> rate
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth 0 -> rate
         self.blocks = nn.ModuleList(
             PromptBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i],
                         num_tasks=self.num_tasks, grid=grid, **attn_kwargs) for i in range(depth))
