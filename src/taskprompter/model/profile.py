@@ -37,7 +37,7 @@ def _component(name: str) -> str:
         return "encoder.patch_embed"
     if name.startswith("backbone."):
         return "encoder." + name.split(".")[1]  # pos_embed, prompts, norm
-    if name.startswith("decoder."):
+    if name.startswith("decoder.levels."):
         return "decoder.level" + name.split(".")[2]
     return name.split(".")[0]
 
