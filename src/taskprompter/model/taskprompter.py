@@ -49,7 +49,7 @@ class PromptViT(nn.Module):
         T = self.num_tasks
         z = torch.cat([self.prompts.expand(x.shape[0], -1, -1), x], dim=1) if T else x  # Z_0 (B, T+N, C)   Eq. 1
         levels = []
-        for i, block in enumerate(self.blocks, start=1):
+        for i, block in enumerate(self.blocks[:max(decode_blocks)], start=1):  # later blocks would feed nothing
             need = i in decode_blocks
             if self.grad_checkpointing and self.training:
                 z, affinity = checkpoint(block, z, need, use_reentrant=False)
