@@ -1,0 +1,127 @@
+"""What the three readers share: split ids, per-task loaders, shape checks, transforms, RNG, problem reports.
+
+A reader defines `load_image(id)` and one `load_<task>(id, image_hw)` per supported task; each returns a raw
+NumPy array (see `sample.py`) or raises a DataError naming the file. Only the enabled tasks' files are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError
+from ..tasks import ordered_tasks
+from .sample import Sample, check_shape, new_meta, to_tensors
+
+Transform = Callable[[Sample, np.random.Generator], Sample]
+
+
+def resolve_root(root: str | Path, *, marker: str, subdir: str) -> Path:
+    """The dataset folder: `root` itself when it holds `marker`, else `root/subdir` when that does
+    (so both `.../PASCALContext` and its parent work)."""
+    root = Path(root).expanduser()
+    if (root / marker).exists():
+        return root
+    if (root / subdir / marker).exists():
+        return root / subdir
+    if not root.exists():
+        raise DataError(f"dataset root {root} does not exist")
+    raise DataError(f"{root} does not look like a {subdir} tree: neither {root / marker} nor "
+                    f"{root / subdir / marker} exists")
+
+
+def torch_derived_rng() -> np.random.Generator:
+    """A NumPy generator seeded from torch's global generator: in DataLoader workers torch seeds that per worker
+    from the loader's generator, so `torch.manual_seed(s)` makes augmentation reproducible for a fixed number
+    of workers. `seeded()` gives stronger guarantees (independent of workers and order)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+class TaskDataset(Dataset):
+    """Base of the readers: `ds[i]` -> torch sample; `ds.load_raw(i)` -> NumPy sample before transforms."""
+
+    format: str = ""
+    task_channels: dict[str, int] = {}
+
+    def __init__(self, root: Path, split: str, tasks: Sequence[str], ids: list[str],
+                 transform: Transform | None = None) -> None:
+        unsupported = [t for t in tasks if t not in self.task_channels]
+        if unsupported:
+            raise DataError(f"{self.format} at {root} has no labels for task(s) {unsupported}; "
+                            f"it provides {list(self.task_channels)}")
+        self.root = root
+        self.split = split
+        self.tasks = ordered_tasks(tasks)
+        self.ids = ids
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        return f"{name}(root={str(self.root)!r}, split={self.split!r}, tasks={self.tasks}, n={len(self)})"
+
+    # -- per-file loaders (subclasses) --------------------------------------------------------------------
+    def load_image(self, sample_id: str) -> np.ndarray:  # (H, W, 3) float32 in [0, 255]
+        raise NotImplementedError
+
+    def image_path(self, sample_id: str) -> Path:
+        raise NotImplementedError
+
+    def load_task(self, task: str, sample_id: str) -> np.ndarray:
+        return getattr(self, f"load_{task}")(sample_id)
+
+    # -- samples ------------------------------------------------------------------------------------------
+    def load_raw(self, index: int) -> Sample:
+        """Read sample `index` from disk (no transform). Raises DataError on the first problem."""
+        sample_id = self.ids[index]
+        image = self.load_image(sample_id)
+        raw: Sample = {"image": image}
+        for task in self.tasks:
+            value = self.load_task(task, sample_id)
+            check_shape(value, image_hw=image.shape[:2], task=task, path=self.task_path(task, sample_id))
+            raw[task] = value
+        raw["meta"] = new_meta(sample_id, image.shape[:2])
+        return raw
+
+    def task_path(self, task: str, sample_id: str) -> Path:
+        """The file a task's label comes from (for messages)."""
+        raise NotImplementedError
+
+    def get(self, index: int, rng: np.random.Generator | None = None) -> Sample:
+        """Sample `index` after the transform, as tensors; `rng` drives the random augmentation."""
+        raw = self.load_raw(index)
+        if self.transform is not None:
+            raw = self.transform(raw, rng if rng is not None else torch_derived_rng())
+        return to_tensors(raw)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.get(index)
+
+    def problems(self, index: int) -> list[str]:
+        """Every problem of sample `index` (all tasks are tried, not only the first failure)."""
+        sample_id = self.ids[index]
+        found: list[str] = []
+        image_hw = None
+        try:
+            image_hw = self.load_image(sample_id).shape[:2]
+        except DataError as err:
+            found.append(str(err))
+        for task in self.tasks:
+            try:
+                value = self.load_task(task, sample_id)
+                if image_hw is not None:
+                    check_shape(value, image_hw=image_hw, task=task, path=self.task_path(task, sample_id))
+            except DataError as err:
+                found.append(str(err))
+        return found
+
+    def describe(self) -> dict[str, Any]:
+        return {"format": self.format, "root": str(self.root), "split": self.split, "tasks": self.tasks,
+                "num_samples": len(self)}

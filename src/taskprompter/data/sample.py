@@ -1,0 +1,85 @@
+"""The sample dictionary every reader produces and every transform, loss and meter consumes.
+
+On disk -> *raw sample* (NumPy, channels last, what transforms see):
+    image float32 (H, W, 3) in [0, 255] (ImageNet-normalised once `Normalize` ran);
+    semseg, human_parts, sal, edge int64 (H, W), 255 = ignore; depth float32 (H, W), 0 = invalid;
+    normals float32 (H, W, 3), all-zero = invalid; meta {"id", "size": (H0, W0), "pad": (top, bottom, left, right)}.
+-> `to_tensors` -> *sample* (torch, channels first): image (3, H, W), depth (1, H, W), normals (3, H, W),
+   label maps (H, W) int64, meta unchanged. `collate` stacks samples into a batch with a leading B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..tasks import IGNORE_INDEX
+
+LABEL_TASKS: tuple[str, ...] = ("semseg", "human_parts", "sal", "edge")  # integer maps with 255 = ignore
+KEY_ORDER: tuple[str, ...] = ("image", "semseg", "depth", "human_parts", "sal", "normals", "edge")
+
+Sample = dict[str, Any]
+
+
+def new_meta(sample_id: str, size: tuple[int, int]) -> dict[str, Any]:
+    """Meta of a freshly read sample: nothing padded yet."""
+    return {"id": sample_id, "size": (int(size[0]), int(size[1])), "pad": (0, 0, 0, 0)}
+
+
+def to_tensors(raw: Sample) -> Sample:
+    """Raw NumPy sample (channels last) -> torch sample (channels first) with the project's dtypes."""
+    out: Sample = {}
+    for key, value in raw.items():
+        if key == "meta":
+            out[key] = value
+        elif key in ("image", "normals"):
+            out[key] = torch.from_numpy(np.ascontiguousarray(value.transpose(2, 0, 1), dtype=np.float32))  # (3, H, W)
+        elif key == "depth":
+            out[key] = torch.from_numpy(np.ascontiguousarray(value[None], dtype=np.float32))  # (1, H, W)
+        else:
+            out[key] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.int64))  # (H, W)
+    return out
+
+
+def collate(samples: Sequence[Sample]) -> Sample:
+    """Stack a list of samples into a batch: tensors get a leading B, `meta` becomes a list of dicts.
+
+    All samples must have the same keys and shapes (pad to a common size with the transforms first)."""
+    if not samples:
+        raise ValueError("collate needs at least one sample")
+    keys = list(samples[0])
+    batch: Sample = {}
+    for key in keys:
+        values = [s[key] for s in samples]
+        if key == "meta":
+            batch[key] = values
+            continue
+        shapes = {tuple(v.shape) for v in values}
+        if len(shapes) > 1:
+            ids = [s.get("meta", {}).get("id") for s in samples]
+            raise DataError(f"cannot batch '{key}' of samples {ids}: shapes differ {sorted(shapes)}; "
+                            "pad them to one size (transforms.eval_transform(size)) or use batch size 1")
+        batch[key] = torch.stack([torch.as_tensor(v) for v in values])  # (B, ...)
+    return batch
+
+
+def check_labels(values: np.ndarray, *, task: str, num_classes: int, path: object) -> None:
+    """Raise a DataError naming the file, the task and the offending values if any label is outside
+    [0, num_classes) and not the ignore value."""
+    bad = (values < 0) | ((values >= num_classes) & (values != IGNORE_INDEX))
+    if bad.any():
+        found = np.unique(values[bad])
+        shown = ", ".join(str(int(v)) for v in found[:8]) + (" ..." if found.size > 8 else "")
+        raise DataError(f"{path}: {task} label value(s) {shown} outside 0..{num_classes - 1} "
+                        f"(and {IGNORE_INDEX} = ignore) in {int(bad.sum())} pixel(s)")
+
+
+def check_shape(array: np.ndarray, *, image_hw: tuple[int, int], task: str, path: object) -> None:
+    """Labels must cover the image pixel for pixel."""
+    if tuple(array.shape[:2]) != tuple(image_hw):
+        raise DataError(f"{path}: {task} is {array.shape[0]}x{array.shape[1]} but its image is "
+                        f"{image_hw[0]}x{image_hw[1]} (wrong shape)")
