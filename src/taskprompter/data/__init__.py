@@ -1,0 +1,54 @@
+"""Datasets: the released PASCAL-Context and NYUD-v2 trees, your own folder format, and a synthetic generator.
+
+    from taskprompter.data import build_dataset, collate, seeded
+    from taskprompter.data.transforms import train_transform, eval_transform
+
+    train = seeded(build_dataset("nyud", root, "train", ["semseg", "depth"], transform=train_transform((448, 576),
+                                 ["semseg", "depth"])), seed=0)
+    batch = collate([train[0], train[1]])   # {"image": (2, 3, H, W), "semseg": (2, H, W), ..., "meta": [...]}
+
+Readers never write into the dataset folder and raise `DataError` naming the file for every problem;
+`taskprompter check-data` reports all problems of a split at once. Formats: docs/data.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..tasks import NYUD_TASKS, PASCAL_CONTEXT_TASKS
+from .base import TaskDataset, Transform
+from .custom import CustomDataset
+from .nyud import NYUD
+from .pascal_context import PascalContext
+from .sample import collate, to_tensors
+from .seeding import SeededDataset, epoch_order, sample_rng, seeded
+
+# Output channels per task of each released format (custom datasets: `CustomDataset(...).task_channels`).
+DATASET_TASKS: dict[str, dict[str, int]] = {
+    "pascal_context": dict(PASCAL_CONTEXT_TASKS),
+    "nyud": dict(NYUD_TASKS),
+}
+
+
+def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str] | None,
+                  transform: Transform | None = None) -> TaskDataset:
+    """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format)."""
+    if format not in DATASETS:
+        raise ConfigError(f"unknown dataset format {format!r}; choose one of {list(DATASETS)}")
+    if tasks is None and format in DATASET_TASKS:
+        tasks = list(DATASET_TASKS[format])
+    return DATASETS[format](root, split, tasks, transform=transform)
+
+
+DATASETS: dict[str, Callable[..., TaskDataset]] = {
+    "pascal_context": PascalContext,
+    "nyud": NYUD,
+    "custom": CustomDataset,
+}
+
+__all__ = [
+    "DATASETS", "DATASET_TASKS", "NYUD", "CustomDataset", "PascalContext", "SeededDataset", "TaskDataset",
+    "build_dataset", "collate", "epoch_order", "sample_rng", "seeded", "to_tensors",
+]  # fmt: skip
