@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -253,3 +254,34 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return loss_keys + primary
+
+
+def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mapping[str, np.ndarray], *,
+                     num_classes: Mapping[str, int], spatial_affinity: Mapping[str, Sequence[np.ndarray]] | None = None,
+                     channel_affinity: Sequence[np.ndarray | None] = (), task_names: Sequence[str] = ()) -> None:
+    """One image's outputs: per task ``<task>.png`` (coloured) and ``<task>.npy`` (raw map), ``panel.png``; with
+    affinities ``affinity/spatial.png`` (tasks x levels), ``affinity/<task>_level<k>.png`` and
+    ``affinity/channel_level<k>.png``."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pictures = {}
+    for task, m in maps.items():
+        np.save(out / f"{task}.npy", m)
+        pictures[task] = colorize(task, m, image=image, num_classes=num_classes.get(task))
+        Image.fromarray(pictures[task]).save(out / f"{task}.png")
+    class_maps = {t: m for t, m in maps.items() if t in ("semseg", "human_parts")}
+    save_panel(out / "panel.png", image, pictures, labels=class_maps, num_classes=num_classes)
+    if spatial_affinity:
+        aff = out / "affinity"
+        aff.mkdir(exist_ok=True)
+        save_affinity_grid(aff / "spatial.png", image, spatial_affinity,
+                           title="spatial task-prompt affinity (rows: tasks, columns: decoding levels)")
+        for task, levels in spatial_affinity.items():
+            for k, m in enumerate(levels):
+                Image.fromarray(heatmap_overlay(image, m)).save(aff / f"{task}_level{k + 1}.png")
+        for k, ch in enumerate(channel_affinity):
+            if ch is not None:
+                plot_channel_affinity(aff / f"channel_level{k + 1}.png", ch, list(task_names),
+                                      title=f"channel task-prompt affinity, level {k + 1}")

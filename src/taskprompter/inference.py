@@ -1,0 +1,288 @@
+"""Prediction on your own images of any size and mode, and `taskprompter predict`.
+
+    predictor = Predictor.from_checkpoint("runs/demo/train/last")
+    pred = predictor.predict(image)        # image: (H, W), (H, W, 3|4) uint8 / uint16 / float, or a file path
+    pred.maps["semseg"]                    # (H, W) class ids at the original size
+
+    taskprompter predict --checkpoint runs/x/last --input photos/ --out preds/ [--affinity] [--sliding-window]
+
+The model sees a fixed grid, so the image is resized (aspect kept) until its longer side fits, padded in the
+centre, predicted, un-padded and resized back -- never distorted. ``sliding_window`` instead runs windows of the
+model's size over the image at its own resolution and averages the overlapping logits.
+Map conventions: semseg / human_parts (H, W) int ids; sal, edge (H, W) probabilities; normals (H, W, 3) unit
+vectors; depth (H, W) metres.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Any image file -> (H, W, 3) float32 in [0, 1] (16-bit scaled by 65535, alpha dropped, grey replicated)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+            mode = im.mode
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from err
+    if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
+        return as_float_rgb(arr.astype(np.uint16))
+    if mode in ("I", "F"):
+        arr = arr.astype(np.float32)
+        return as_float_rgb(arr / 255.0 if arr.max(initial=0) > 1.0 else arr)
+    return as_float_rgb(arr)
+
+
+def as_float_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1|2|3|4) uint8 / uint16 / float -> (H, W, 3) float32 in [0, 1]."""
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    elif img.dtype == np.uint16:
+        img = img.astype(np.float32) / 65535.0
+    elif img.dtype == bool:
+        img = img.astype(np.float32)
+    else:
+        img = img.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
+        raise DataError(f"image must be (H, W) or (H, W, 1-4 channels), got shape {image.shape}")
+    if img.shape[-1] in (1, 2):  # grey (+ alpha)
+        img = np.repeat(img[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def logits_to_map(task: str, logits: torch.Tensor) -> np.ndarray:
+    """One image's logits (C, H, W) -> the task's map (see the module docstring)."""
+    x = logits.float()
+    if task == "sal":
+        p = x.softmax(0)[1] if x.shape[0] == 2 else x[0].sigmoid()
+        return p.numpy()
+    if task == "edge":
+        return x[0].sigmoid().numpy()
+    if task == "normals":
+        return F.normalize(x, dim=0).permute(1, 2, 0).numpy()  # (H, W, 3)
+    if task == "depth":
+        return x[0].numpy()
+    return x.argmax(0).numpy().astype(np.int64)  # semseg, human_parts
+
+
+@dataclass
+class Fit:
+    """How an image of ``size`` was placed in the model's input: resized to ``resized``, padded by ``pad``."""
+
+    size: tuple[int, int]  # (H0, W0)
+    resized: tuple[int, int]  # (h, w)
+    pad: tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
+@dataclass
+class Prediction:
+    maps: dict[str, np.ndarray]  # {task: map at the original size}
+    logits: dict[str, torch.Tensor] | None = None  # {task: (C, H0, W0)} when asked for
+    spatial_affinity: dict[str, list[np.ndarray]] = field(default_factory=dict)  # {task: [(H0, W0) per level]}
+    channel_affinity: list[np.ndarray | None] = field(default_factory=list)  # per level (T, C) or None
+
+
+class Predictor:
+    """Runs a TaskPrompter on arbitrary images; keeps pre/post-processing apart from the nn.Module."""
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.img_size: tuple[int, int] = tuple(model.img_size)
+        self.tasks: list[str] = list(model.task_names)
+        channels = getattr(model, "init_kwargs", {}).get("tasks", {})
+        self.num_classes: dict[str, int] = {t: int(channels[t]) for t in channels}
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto") -> Predictor:
+        from .engine.checkpoint import load_model
+
+        dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        model, _ = load_model(path, device=dev)
+        return cls(model, device=dev)
+
+    # -- geometry ---------------------------------------------------------------------------------------------
+    def fit(self, size: tuple[int, int]) -> Fit:
+        H, W = self.img_size
+        H0, W0 = size
+        scale = min(H / H0, W / W0)  # the longer side (relative to the grid) fills the input
+        h, w = min(H, max(1, round(H0 * scale))), min(W, max(1, round(W0 * scale)))
+        top, left = (H - h) // 2, (W - w) // 2
+        return Fit(size=(H0, W0), resized=(h, w), pad=(top, H - h - top, left, W - w - left))
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(as_float_rgb(image)).permute(2, 0, 1)  # (3, H0, W0) in [0, 1]
+        return (x - self.mean) / self.std
+
+    def preprocess(self, image: np.ndarray) -> tuple[torch.Tensor, Fit]:
+        """(1, 3, H, W) model input (resized, centred padding = 0 after normalisation) and its Fit."""
+        x = self._normalise(image)
+        fit = self.fit(tuple(x.shape[-2:]))
+        x = F.interpolate(x[None], size=fit.resized, mode="bilinear", align_corners=False,
+                          antialias=True)  # (1, 3, h, w)
+        top, bottom, left, right = fit.pad
+        return F.pad(x, (left, right, top, bottom)), fit  # (1, 3, H, W)
+
+    def _restore(self, t: torch.Tensor, fit: Fit) -> torch.Tensor:
+        """(B, C, H, W) on the model grid -> (B, C, H0, W0): crop the padding, resize to the original size."""
+        top, bottom, left, right = fit.pad
+        t = t[..., top:t.shape[-2] - bottom, left:t.shape[-1] - right]  # (B, C, h, w)
+        return F.interpolate(t.float(), size=fit.size, mode="bilinear", align_corners=False)
+
+    # -- prediction -------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, image: np.ndarray | str | os.PathLike, *, sliding_window: bool = False,
+                affinity: bool = False, return_logits: bool = False) -> Prediction:
+        if isinstance(image, (str, os.PathLike)):
+            image = read_image(image)
+        x, fit = self.preprocess(image)
+        aff_levels = None
+        if sliding_window:
+            logits = self._sliding(image)
+        else:
+            out = self.model(x.to(self.device), return_affinities=affinity)
+            out, aff_levels = out if affinity else (out, None)
+            logits = {t: self._restore(v.cpu(), fit)[0] for t, v in out.items()}  # (C, H0, W0)
+        if affinity and aff_levels is None:
+            _, aff_levels = self.model(x.to(self.device), return_affinities=True)
+        pred = Prediction(maps={t: logits_to_map(t, v) for t, v in logits.items()},
+                          logits=logits if return_logits else None)
+        if aff_levels is not None:
+            pred.spatial_affinity, pred.channel_affinity = self._affinities(aff_levels, fit)
+        return pred
+
+    def _sliding(self, image: np.ndarray) -> dict[str, torch.Tensor]:
+        """Windows of the model's size at the image's own resolution, overlapping by >= 1/3, logits averaged."""
+        x = self._normalise(image)[None]  # (1, 3, H0, W0)
+        H0, W0 = x.shape[-2:]
+        H, W = self.img_size
+        ph, pw = max(H - H0, 0), max(W - W0, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))  # small sides padded in the centre
+        Hs, Ws = x.shape[-2:]
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros(1, 1, Hs, Ws)
+        for top in _starts(Hs, H):
+            for left in _starts(Ws, W):
+                out = self.model(x[..., top:top + H, left:left + W].to(self.device))
+                for t, v in out.items():
+                    acc = sums.setdefault(t, torch.zeros(1, v.shape[1], Hs, Ws))
+                    acc[..., top:top + H, left:left + W] += v.float().cpu()
+                count[..., top:top + H, left:left + W] += 1
+        crop = (slice(ph // 2, ph // 2 + H0), slice(pw // 2, pw // 2 + W0))
+        return {t: (s / count)[0][:, crop[0], crop[1]] for t, s in sums.items()}  # (C, H0, W0)
+
+    def _affinities(self, levels: list[Any], fit: Fit) -> tuple[dict[str, list[np.ndarray]], list]:
+        """Spatial task-prompt affinity per task and level: each head's softmax over the N patch tokens, averaged
+        over heads, at the original size; channel affinity (T, C) averaged over windows, per level."""
+        h, w = self.model.grid
+        spatial: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        channel: list[np.ndarray | None] = []
+        for aff in levels:
+            if aff is None or aff.spatial is None:
+                channel.append(None)
+                continue
+            a = aff.spatial[0].float().softmax(-1).mean(0)  # (T, N): prompt rows, heads averaged
+            a = a.reshape(len(self.tasks), 1, h, w).cpu()  # (T, 1, h, w)
+            a = F.interpolate(a, size=self.img_size, mode="bilinear", align_corners=False)  # (T, 1, H, W)
+            a = self._restore(a, fit)[:, 0]  # (T, H0, W0)
+            for i, t in enumerate(self.tasks):
+                spatial[t].append(a[i].numpy())
+            ch = getattr(aff, "channel", None)
+            channel.append(None if ch is None else ch[0].float().mean(dim=(-2, -1)).cpu().numpy())  # (T, C)
+        return spatial, channel
+
+
+def _starts(length: int, window: int) -> list[int]:
+    if length <= window:
+        return [0]
+    n = math.ceil((length - window) / (window * 2 / 3)) + 1
+    return sorted({round(i * (length - window) / (n - 1)) for i in range(n)})
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def find_images(inputs: list[str]) -> list[Path]:
+    """Files, directories (their images, sorted) and glob patterns -> image paths."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"--input {item}: no such file, directory or matching files")
+            found += [m for m in matches if m.is_file()]
+    if not found:
+        raise DataError(f"no images found in {inputs} (suffixes {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or run directory -> last)")
+    parser.add_argument("--input", required=True, nargs="+", help="image file(s), directory or glob pattern")
+    parser.add_argument("--out", required=True, help="output directory (one folder per image)")
+    parser.add_argument("--affinity", action="store_true",
+                        help="also write spatial task-prompt affinity maps per task and level, and the channel "
+                             "affinity plot (paper Figs. 4, 8)")
+    parser.add_argument("--sliding-window", action="store_true",
+                        help="run model-sized windows over the image at its own resolution (large images)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .visualize import plot_channel_affinity, write_prediction
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    out = Path(args.out)
+    images = find_images(args.input)
+    channel: list[list[np.ndarray | None]] = []
+    used: set[str] = set()
+    for path in images:
+        name = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
+        used.add(name)
+        image = read_image(path)
+        pred = predictor.predict(image, sliding_window=args.sliding_window, affinity=args.affinity)
+        write_prediction(out / name, image, pred.maps, num_classes=predictor.num_classes,
+                         spatial_affinity=pred.spatial_affinity, channel_affinity=pred.channel_affinity,
+                         task_names=predictor.tasks)
+        channel.append(pred.channel_affinity)
+        print(f"{path} ({image.shape[1]}x{image.shape[0]}) -> {out / name}")
+    for k in range(len(channel[0]) if channel else 0):  # the paper averages channel affinity over all images
+        per_image = [c[k] for c in channel if c[k] is not None]
+        if per_image:
+            plot_channel_affinity(out / f"channel_affinity_level{k + 1}.png", np.mean(per_image, axis=0),
+                                  predictor.tasks, title=f"channel task-prompt affinity, level {k + 1}, "
+                                  f"mean over {len(per_image)} image(s)")
+    return 0
