@@ -1,0 +1,28 @@
+"""Shared fixtures. Keep this file small; module-specific fixtures belong in the test modules."""
+
+from __future__ import annotations
+
+import pytest
+
+SYNTH_SIZE = (64, 80)  # (H, W) of the shared synthetic trees
+SYNTH_NUM = 6  # samples 000000..000003 in train, 000004..000005 in val
+SYNTH_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def synthetic_pascal_root(tmp_path_factory):
+    """A small synthetic PASCAL-Context tree (6 samples of 64x80, seed 0). Treat it as read-only: copy it
+    (shutil.copytree) before corrupting anything."""
+    from taskprompter.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth_pascal"), format="pascal_context", num=SYNTH_NUM,
+                    size=SYNTH_SIZE, seed=SYNTH_SEED, split_ratio=4 / 6)
+
+
+@pytest.fixture(scope="session")
+def synthetic_nyud_root(tmp_path_factory):
+    """A small synthetic NYUD-v2 tree (6 samples of 64x80, seed 0). Treat it as read-only."""
+    from taskprompter.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth_nyud"), format="nyud", num=SYNTH_NUM, size=SYNTH_SIZE,
+                    seed=SYNTH_SEED, split_ratio=4 / 6)
