@@ -138,7 +138,7 @@ def test_readers_never_write_into_the_dataset(synthetic_pascal_root, synthetic_n
     for fmt, src in (("pascal_context", synthetic_pascal_root), ("nyud", synthetic_nyud_root)):
         root = shutil.copytree(src, tmp_path / fmt)
         before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
-        for dirpath, dirnames, filenames in os.walk(root):
+        for dirpath, _, filenames in os.walk(root):
             for name in filenames:
                 os.chmod(os.path.join(dirpath, name), 0o444)
             os.chmod(dirpath, 0o555)

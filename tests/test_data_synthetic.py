@@ -54,15 +54,15 @@ def test_normals_agree_with_finite_differences_of_backprojected_depth(index):
     n = scene["normals"][1:-1, 1:-1].astype(np.float64)
     angle = np.degrees(np.arccos(np.clip((n * n_fd).sum(-1), -1, 1)))
     # a 3x3 neighbourhood on one plane: every neighbour has the centre's normal (room faces, box faces)
-    normals = scene["normals"]
+    normals, inst = scene["normals"], scene["instance"]
+    h, w = inst.shape
     same = np.ones(angle.shape, dtype=bool)
     inst_same = np.ones(angle.shape, dtype=bool)
     for dr in (-1, 0, 1):
         for dc in (-1, 0, 1):
-            nb = normals[1 + dr : normals.shape[0] - 1 + dr, 1 + dc : normals.shape[1] - 1 + dc]
+            nb = normals[1 + dr : h - 1 + dr, 1 + dc : w - 1 + dc]
             same &= np.abs(nb - normals[1:-1, 1:-1]).max(-1) < 1e-6
-            ib = scene["instance"][1 + dr : scene["instance"].shape[0] - 1 + dr, 1 + dc : scene["instance"].shape[1] - 1 + dc]
-            inst_same &= ib == scene["instance"][1:-1, 1:-1]
+            inst_same &= inst[1 + dr : h - 1 + dr, 1 + dc : w - 1 + dc] == inst[1:-1, 1:-1]
     planar = same & inst_same
     assert planar.mean() > 0.5
     assert angle[planar].max() < 0.5  # degrees
