@@ -44,6 +44,8 @@ def check_dataset(fmt: str, root: Path, splits: Sequence[str] | None = None,
 
     problems: list[str] = []
     checked = 0
+    if not root.is_dir():
+        return 0, [f"dataset root {root} does not exist or is not a folder"]
     splits = list(splits) if splits else find_splits(fmt, root)
     if not splits:
         return 0, [f"{root}: no split files found (looked in {', '.join(str(root / d) for d in SPLIT_DIRS[fmt])})"]
