@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 
 from ..errors import DataError
@@ -31,6 +29,23 @@ def _arrays(sample: Sample) -> list[str]:
     return [k for k in sample if k != "meta"]
 
 
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of 1-D linear resampling with half-pixel centres (align_corners=False)."""
+    src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(src).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (H, W, C) float32 in NumPy: same result on any thread count or worker (unlike a
+    multi-threaded kernel), which keeps seeded augmentation bit-reproducible."""
+    r0, r1, wr = _linear_taps(image.shape[0], size[0])
+    c0, c1, wc = _linear_taps(image.shape[1], size[1])
+    rows = image[r0] * (1 - wr)[:, None, None] + image[r1] * wr[:, None, None]  # (nH, W, C)
+    return (rows[:, c0] * (1 - wc)[None, :, None] + rows[:, c1] * wc[None, :, None]).astype(np.float32)
+
+
 def resize(sample: Sample, size: tuple[int, int]) -> Sample:
     """Resize every map to `size`: the image bilinearly (align_corners False), every label nearest."""
     out = dict(sample)
@@ -40,9 +55,7 @@ def resize(sample: Sample, size: tuple[int, int]) -> Sample:
     cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
     for key in _arrays(sample):
         if INTERP.get(key, "nearest") == "bilinear":
-            x = torch.from_numpy(np.ascontiguousarray(sample[key], dtype=np.float32)).permute(2, 0, 1)[None]
-            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False)  # (1, 3, nH, nW)
-            out[key] = x[0].permute(1, 2, 0).numpy()
+            out[key] = resize_bilinear(np.asarray(sample[key], dtype=np.float32), (nh, nw))
         else:
             out[key] = sample[key][rows][:, cols]
     return out
