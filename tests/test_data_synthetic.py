@@ -131,3 +131,11 @@ def test_generate_rejects_bad_arguments(tmp_path):
         generate(tmp_path, format="cityscapes", num=2)
     with pytest.raises(ConfigError, match="num"):
         generate(tmp_path, format="nyud", num=0)
+
+
+def test_tree_bytes_do_not_depend_on_workers(tmp_path):
+    one = generate(tmp_path / "one", format="nyud", num=4, size=(32, 40), seed=1, workers=1)
+    two = generate(tmp_path / "two", format="nyud", num=4, size=(32, 40), seed=1, workers=2)
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
