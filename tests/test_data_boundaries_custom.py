@@ -100,3 +100,12 @@ def test_custom_label_out_of_range(custom_root):
     with pytest.raises(DataError, match="8"):
         CustomDataset(custom_root, "train", ["semseg"]).load_raw(0)
     assert str(path) in check_dataset("custom", custom_root, ["train"], ["semseg"])[1][0]
+
+
+def test_class_tables_match_the_published_ones():
+    from taskprompter.data.classes import NYU40_CLASSES, PART_NAMES, VOC_CLASSES, VOC_PALETTE, context_id
+
+    assert VOC_CLASSES[15] == "person" and len(VOC_CLASSES) == 21 and len(PART_NAMES) == 7
+    assert VOC_PALETTE[15].tolist() == [192, 128, 128] and VOC_PALETTE[1].tolist() == [128, 0, 0]  # VOC colours
+    assert len(NYU40_CLASSES) == 40 and NYU40_CLASSES[0] == "wall" and NYU40_CLASSES[30] == "person"
+    assert context_id("person") == 284 and context_id("floor") == 158
