@@ -38,6 +38,9 @@ class DataConfig:
     val_split: str = "val"
     size: tuple[int, int] = (512, 512)  # (H, W): training crop, evaluation padding, and the model's img_size
     num_workers: int = 2
+    scale_range: tuple[float, float] = (0.5, 2.0)  # training augmentation (released): random scale, crop, flip,
+    flip: bool = True  #                             photometric distortion
+    photometric: bool = True
     max_val_samples: int = 0  # evaluate on the first N validation samples only (0 = all)
 
 
@@ -48,6 +51,7 @@ class OptimConfig:
     lr: float = 2e-5
     weight_decay: float = 1e-6
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     schedule: str = "poly"  # poly | cosine | constant, stepped every iteration
     poly_power: float = 0.9
     warmup_iters: int = 0  # linear warm-up from 0

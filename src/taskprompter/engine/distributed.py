@@ -1,0 +1,210 @@
+"""Processes: torchrun's environment switches DDP on; the same command runs as one plain process without it.
+
+Also the deterministic data order shared by training and resume: a global stream of sample positions cut into
+global batches, each process taking its slice, with every sample's augmentation seed derived from
+(seed, position) -- so one process with accumulation, N processes, and a resumed run all see the same samples with
+the same augmentation at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def default_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available (use train.device=cpu)")
+    return torch.device(name)
+
+
+def init_distributed(device: str = "auto") -> Dist:
+    """Join torchrun's process group when ``RANK`` is set (nccl on CUDA, gloo on CPU); else one process."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if "RANK" not in os.environ or world == 1:
+        return Dist(rank=0, world_size=1, local_rank=0, device=default_device(device))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = default_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over processes in place (no-op in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+    return obj
+
+
+class CPUSyncBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are summed over all processes -- on the CPU too (torch's
+    SyncBatchNorm refuses CPU tensors). Sums of x and x^2 and the count travel in one differentiable all-reduce."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        C = x.shape[1]
+        local = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)),
+                           x.new_full((1,), x.numel() / C)])  # (2C + 1,)
+        total = all_reduce(local)  # summed over processes; gradients flow back to every process
+        count = total[-1]
+        mean = total[:C] / count  # (C,)
+        var = (total[C:2 * C] / count - mean * mean).clamp_min(0.0)  # biased variance, (C,)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1).clamp_min(1.0), alpha=m)
+        y = (x - mean[None, :, None, None]) * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_cpu_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d by CPUSyncBatchNorm sharing its parameters and statistics."""
+    if isinstance(module, nn.BatchNorm2d) and not isinstance(module, CPUSyncBatchNorm):
+        new = CPUSyncBatchNorm(module.num_features, eps=module.eps, momentum=module.momentum, affine=module.affine,
+                               track_running_stats=module.track_running_stats)
+        if module.affine:  # the same Parameter objects, so an optimiser built earlier keeps working
+            new.weight, new.bias = module.weight, module.bias
+        if module.track_running_stats:
+            new.running_mean, new.running_var = module.running_mean, module.running_var
+            new.num_batches_tracked = module.num_batches_tracked
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, convert_cpu_sync_batchnorm(child))
+    return module
+
+
+def wrap_model(model: nn.Module, d: Dist, *, sync_bn: bool = True) -> nn.Module:
+    """SyncBatchNorm + DistributedDataParallel under torchrun; the model itself otherwise.
+
+    BatchNorm modules are replaced in place (parameter names do not change, so checkpoints stay loadable)."""
+    model = model.to(d.device)
+    if not d.enabled:
+        return model
+    if sync_bn:
+        if d.device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            model = convert_cpu_sync_batchnorm(model)
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ------------------------------------------------------------------------------------------------- data order
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (seed, step, rank, ...) -- stable across machines and Python versions."""
+    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng(mix_seed(seed, epoch, 0x5EED)).permutation(num_samples)
+
+
+def micro_batch_size(global_batch: int, world_size: int, accum_steps: int) -> int:
+    per_step = world_size * accum_steps
+    if global_batch % per_step:
+        raise ConfigError(f"train.batch_size={global_batch} is not divisible by processes ({world_size}) x "
+                          f"train.accum_steps ({accum_steps})")
+    return global_batch // per_step
+
+
+class StepBatches:
+    """For each optimiser step from ``start_step``: this process's ``accum_steps`` micro-batches of
+    (dataset index, augmentation seed) pairs.
+
+    Global position p = step * batch_size + j walks an endless stream made of per-epoch permutations
+    (epoch = p // n); process r takes positions [r*A*b, (r+1)*A*b) of each global batch, in ``accum_steps`` (A)
+    micro-batches of b. Nothing is padded or dropped, and the order depends only on (seed, step).
+    """
+
+    def __init__(self, num_samples: int, *, seed: int, batch_size: int, rank: int, world_size: int,
+                 accum_steps: int, start_step: int = 0) -> None:
+        if num_samples == 0:
+            raise ConfigError("the training split is empty")
+        self.n, self.seed, self.batch_size = num_samples, seed, batch_size
+        self.rank, self.world_size, self.accum = rank, world_size, accum_steps
+        self.micro = micro_batch_size(batch_size, world_size, accum_steps)
+        self.step = start_step
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _index(self, position: int) -> int:
+        epoch = position // self.n
+        if epoch not in self._perms:
+            self._perms = {epoch: epoch_permutation(self.n, self.seed, epoch)}  # keep one epoch in memory
+        return int(self._perms[epoch][position % self.n])
+
+    def positions(self, step: int) -> list[list[int]]:
+        first = step * self.batch_size + self.rank * self.accum * self.micro
+        return [[first + k * self.micro + i for i in range(self.micro)] for k in range(self.accum)]
+
+    def __iter__(self) -> Iterator[list[list[tuple[int, int]]]]:
+        while True:
+            yield [[(self._index(p), mix_seed(self.seed, p)) for p in micro] for micro in self.positions(self.step)]
+            self.step += 1
+
+
+def shard_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
+    """Evaluation sharding: rank r takes r, r + W, r + 2W, ... -- each sample exactly once, no padding."""
+    return list(range(rank, num_samples, world_size))

@@ -1,0 +1,81 @@
+"""torchrun with 2 gloo processes on the CPU equals one process on the same global batch, and `eval` under torchrun
+counts every sample once (its metrics equal the single-process ones)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from taskprompter.data.synthetic import generate
+
+pytestmark = pytest.mark.slow  # three process launches and a torchrun pair: ~30-60 s on 2 cores
+
+
+@pytest.fixture(scope="module")
+def nyud_root(tmp_path_factory):
+    # NYUD-format synthetic scenes label every pixel, so per-process loss normalisation equals the global one;
+    # 15 scenes = 12 train + 3 val
+    return generate(tmp_path_factory.mktemp("nyud") / "NYUDv2", format="nyud", num=15, size=(64, 64), seed=3)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env.pop("RANK", None)
+    return env
+
+
+def _common(root, out):
+    return ["--config", "synthetic_tiny", "--set", "data.format=nyud", f"data.root={root}",
+            "data.tasks=[semseg, depth, normals, edge]", "data.scale_range=[1.0, 1.0]", "optim.max_iters=3",
+            "train.batch_size=4", "train.checkpoint_every=3", "train.log_every=1", "train.progress=false",
+            "data.max_val_samples=3", f"train.out_dir={out}",
+            "optim.eps=1e-3"]  # conv biases before BatchNorm have zero true gradient; a larger Adam eps keeps their
+    #                           rounding-noise gradients from being normalised into +-lr steps that differ per run
+
+
+def _torchrun(*args):
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "taskprompter", *args]
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_two_gloo_processes_equal_one_process(nyud_root, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "taskprompter", "train", *_common(nyud_root, one)])
+    _run(_torchrun("train", *_common(nyud_root, two)))
+
+    def records(run):
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    train1 = [r for r in records(one) if r["split"] == "train"]
+    train2 = [r for r in records(two) if r["split"] == "train"]
+    assert [r["step"] for r in train1] == [r["step"] for r in train2] == [1, 2, 3]
+    # step 1 runs on identical weights: the loss over the same 4 samples must match
+    for key in ("loss/total", "loss/semseg", "loss/depth", "loss/normals", "loss/edge"):
+        assert train2[0][key] == pytest.approx(train1[0][key], rel=1e-5, abs=1e-6), key
+    w1, w2 = load_file(str(one / "last" / "model.safetensors")), load_file(str(two / "last" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
+    worst = max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1 if w1[k].is_floating_point())
+    assert worst < 1e-5, worst  # 3 Adam steps of lr 1e-3: float summation order only (BatchNorm stats included)
+
+    # evaluation of one checkpoint: 1 process vs 2 processes (3 samples -> shards of 2 and 1)
+    _run([sys.executable, "-m", "taskprompter", "eval", "--checkpoint", str(one / "last"), "--out",
+          str(tmp_path / "e1"), "--set", "data.max_val_samples=3"])
+    _run(_torchrun("eval", "--checkpoint", str(one / "last"), "--out", str(tmp_path / "e2"), "--set",
+                   "data.max_val_samples=3"))
+    m1 = json.loads((tmp_path / "e1" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert m1["num_samples"] == m2["num_samples"] == 3
+    for task, values in m1["metrics"].items():
+        for k, v in values.items():
+            assert m2["metrics"][task][k] == pytest.approx(v, rel=1e-9, abs=1e-9), (task, k)

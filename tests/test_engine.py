@@ -1,0 +1,77 @@
+"""The training loop in-process: a few steps lower the loss; a non-finite loss stops with step and task named and
+keeps the last good checkpoint; amp falls back to fp32 on the CPU."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+import yaml
+
+from taskprompter.config import load_config
+from taskprompter.data.synthetic import generate
+from taskprompter.engine.distributed import StepBatches
+from taskprompter.engine.train import NonFiniteLossError, amp_settings, train
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("synth") / "PASCALContext", format="pascal_context", num=12,
+                    size=(64, 64), seed=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cfg(root, out, *extra):
+    return load_config("synthetic_tiny", [f"data.root={root}", f"train.out_dir={out}", "train.progress=false",
+                                          "data.max_val_samples=2", *extra])
+
+
+def test_a_few_steps_lower_the_loss(root, tmp_path, monkeypatch):
+    # one fixed batch, no augmentation: the loss of the same 4 images must fall
+    cfg = _cfg(root, tmp_path / "run", "optim.max_iters=25", "train.log_every=1", "train.checkpoint_every=100",
+               "data.scale_range=[1.0, 1.0]", "data.flip=false", "data.photometric=false", "optim.schedule=constant",
+               "train.batch_size=4")
+    monkeypatch.setattr(StepBatches, "_index", lambda self, position: position % 4)  # samples 0-3 every step
+    result = train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss/total"] for r in records if r["split"] == "train"]
+    assert len(losses) == 25
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3, losses
+    assert result["step"] == 25 and set(result["metrics"]) == set(cfg.data.tasks)
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "git_sha.txt").is_file()
+    assert load_config(tmp_path / "run" / "config.yaml") == cfg  # the resolved config reproduces the run
+    assert yaml.safe_load((tmp_path / "run" / "last" / "checkpoint.yaml").read_text())["step"] == 25
+    assert (tmp_path / "run" / "best" / "model.safetensors").is_file()
+
+
+def test_non_finite_loss_names_step_and_task_and_keeps_the_checkpoint(root, tmp_path):
+    cfg = _cfg(root, tmp_path / "run", "optim.max_iters=10", "optim.lr=1e30", "optim.grad_clip=0",
+               "train.checkpoint_every=1", "optim.schedule=constant")
+    with pytest.raises(NonFiniteLossError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "non-finite loss at step 2 in task(s) " in msg and "last good checkpoint" in msg
+    assert any(t in msg.split("task(s) ")[1].split(" (")[0] for t in cfg.data.tasks)
+    meta = yaml.safe_load((tmp_path / "run" / "last" / "checkpoint.yaml").read_text())
+    assert meta["step"] == 1
+
+
+def test_amp_is_fp32_on_cpu_and_checked(caplog):
+    cfg = load_config("synthetic_tiny", ["train.amp=bf16"])
+    with caplog.at_level(logging.WARNING):
+        assert amp_settings(cfg, torch.device("cpu"), logging.getLogger("t")) == (None, False)
+    assert amp_settings(load_config("synthetic_tiny", ["train.amp=fp16"]), torch.device("cuda"),
+                        logging.getLogger("t")) == (torch.float16, True)
+    from taskprompter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.amp 'fp8'"):
+        amp_settings(load_config("synthetic_tiny", ["train.amp=fp8"]), torch.device("cpu"), logging.getLogger("t"))
