@@ -25,6 +25,7 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "taskprompter_tiny"  # a preset of taskprompter.model.build.MODELS
+    variant: str = "taskprompter"  # taskprompter | task_specific_encoders ("w/ TE", paper Table 6)
     pretrained: str | None = None  # local ViT weights (timm .pth/.safetensors or augreg .npz) for the encoder
     overrides: dict[str, Any] = field(default_factory=dict)  # extra constructor kwargs, e.g. {channel_heads: 4}
 

@@ -205,6 +205,8 @@ class Predictor:
         h, w = self.model.grid
         spatial: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         channel: list[np.ndarray | None] = []
+        if not isinstance(levels, (list, tuple)):  # task-specific encoders: one encoder per task, no shared map
+            return {}, channel
         for aff in levels:
             if aff is None or aff.spatial is None:
                 channel.append(None)

@@ -56,9 +56,18 @@ def micro_batches(steps: StepBatches):
 
 def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
     """The configured preset with this run's tasks and input size (``model.overrides`` on top)."""
-    from ..model.build import build_model as build_preset
+    from ..model.build import preset_kwargs
+    from ..model.taskprompter import TaskPrompter
+    from ..model.variants import TaskSpecificEncoders
 
-    return build_preset(cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size), **cfg.model.overrides)
+    variants = {"taskprompter": TaskPrompter, "task_specific_encoders": TaskSpecificEncoders}
+    if cfg.model.variant not in variants:
+        raise ConfigError(f"model.variant '{cfg.model.variant}' is not one of {sorted(variants)}")
+    kwargs = preset_kwargs(cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size), **cfg.model.overrides)
+    try:
+        return variants[cfg.model.variant](**kwargs)
+    except TypeError as err:  # an override that is not a constructor argument
+        raise ConfigError(f"model.overrides: {err}") from err
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
@@ -67,8 +76,10 @@ def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
     if not Path(path).is_file():
         raise ConfigError(f"model.pretrained: ViT weights not found: {path} (download them once, or train from "
                           "scratch with --set model.pretrained=null)")
-    missing = load_vit_weights(model.backbone, path)
-    log.info(f"loaded ViT weights from {path} (left at init: {len(missing)} prompt tensors)")
+    encoders = list(model.encoders.values()) if hasattr(model, "encoders") else [model]
+    for m in encoders:
+        missing = load_vit_weights(m.backbone, path)
+    log.info(f"loaded ViT weights from {path} into {len(encoders)} encoder(s) (left at init: {missing})")
 
 
 def amp_settings(cfg: Config, device: torch.device, log) -> tuple[torch.dtype | None, bool]:
