@@ -46,11 +46,12 @@ def region_boundaries(labels: np.ndarray) -> np.ndarray:
 def synthetic_pair(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     labels, shapes = polygon_labels(rng, h, w, n=14)
     gt = region_boundaries(labels)
-    seen, _ = polygon_labels(rng, h, w, n=14, jitter=2.0, seed_shapes=shapes)
-    texture, _ = polygon_labels(rng, h, w, n=10)
-    soft = 0.9 * ndimage.gaussian_filter(region_boundaries(seen).astype(np.float32), 1.5) * 4
-    soft += 0.4 * ndimage.gaussian_filter(region_boundaries(texture).astype(np.float32), 2.0) * 4
-    soft += np.abs(rng.normal(0, 0.03, soft.shape))
+    seen, _ = polygon_labels(rng, h, w, n=14, jitter=4.0, seed_shapes=shapes)  # edges off by a few pixels
+    texture, _ = polygon_labels(rng, h, w, n=12)  # spurious (texture) edges
+    strength = ndimage.zoom(rng.uniform(0.2, 1.0, (6, 8)), (h / 6, w / 8), order=1)[:h, :w]  # faint and strong parts
+    soft = strength * ndimage.gaussian_filter(region_boundaries(seen).astype(np.float32), 1.5) * 4
+    soft += 0.5 * ndimage.gaussian_filter(region_boundaries(texture).astype(np.float32), 2.0) * 4
+    soft += np.abs(rng.normal(0, 0.05, soft.shape))  # low-level noise everywhere, as network outputs have
     prob = np.clip(soft, 0, 1)
     return np.floor(prob * 255).astype(np.uint8).astype(np.float32) / 255, gt
 

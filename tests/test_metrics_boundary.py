@@ -148,3 +148,20 @@ def test_meter_crops_padding_and_is_split_invariant():
     twice.merge(padded)
     twice.merge(padded)
     assert torch.equal(both.counts, twice.counts) and both.images.item() == 2
+
+
+def test_warm_started_counts_equal_independent_per_threshold_evaluation():
+    # image_counts shares one tolerance graph and warm-starts the matching across thresholds; check every
+    # threshold against thin + a fresh maximum matching, on a noisy map with many near-ties.
+    rng = np.random.default_rng(8)
+    gt = _square_outline()
+    soft = ndimage.shift(ndimage.gaussian_filter(gt.astype(np.float32), 1.2) * 3, (1.5, -1.0))
+    soft = np.clip(soft + rng.random(gt.shape).astype(np.float32) * 0.3, 0, 1)
+    ts = make_thresholds(101)
+    counts = image_counts(soft, gt, max_dist=0.03, thresholds=ts)
+    edges = nms_boundaries(soft)
+    radius = 0.03 * np.hypot(*gt.shape)
+    for k, t in enumerate(ts):
+        predicted = thin(edges > t)
+        matched = count_matches(predicted, gt, radius)
+        assert counts[k].tolist() == [matched, gt.sum(), matched, predicted.sum()], t
