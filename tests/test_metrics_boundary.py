@@ -165,3 +165,13 @@ def test_warm_started_counts_equal_independent_per_threshold_evaluation():
         predicted = thin(edges > t)
         matched = count_matches(predicted, gt, radius)
         assert counts[k].tolist() == [matched, gt.sum(), matched, predicted.sum()], t
+
+
+def test_thinning_a_large_solid_blob_stays_linear():
+    # An untrained network's flat map survives NMS almost everywhere; thinning it takes ~60 iterations and must
+    # neither blow up the re-examination lists nor differ from bwmorph/skimage.
+    skimage_thin = pytest.importorskip("skimage.morphology").thin
+    blob = np.zeros((130, 140), dtype=bool)
+    blob[5:125, 10:130] = True
+    blob[40:60, 50:70] = False  # a hole keeps a ring
+    assert np.array_equal(thin(blob), skimage_thin(blob))

@@ -53,9 +53,9 @@ def thin(mask: np.ndarray) -> np.ndarray:
         code = np.zeros(idx.size, dtype=np.uint8)
         for bit, off in enumerate(offsets):
             code |= flat[idx + off] << bit
-        deleted = idx[tables[sub][code]]
+        deleted = np.unique(idx[tables[sub][code]])  # idx may repeat a pixel (touched twice); deletions may not
         flat[deleted] = 0  # all deletions of a subiteration at once (parallel thinning)
-        touched = (deleted[:, None] + offsets[None, :]).reshape(-1)  # duplicates are harmless (idempotent)
+        touched = (deleted[:, None] + offsets[None, :]).reshape(-1)  # at most 8 copies of a pixel: harmless
         pending[sub] = touched
         pending[1 - sub] = np.concatenate([pending[1 - sub], touched])
         sub = 1 - sub
