@@ -152,12 +152,12 @@ class PhotometricDistortion:
             img = np.clip(img * rng.uniform(*self.contrast), 0, 255)
         do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
         if do_sat or do_hue:
-            hsv = rgb_to_hsv(img / 255.0)
+            hsv = rgb_to_hsv(np.clip(img / 255.0, 0.0, 1.0))  # resizing can overshoot 255 by float error
             if do_sat:
                 hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(*self.saturation), 0, 1)
             if do_hue:
                 hsv[..., 0] = (hsv[..., 0] + rng.uniform(-self.hue, self.hue) / 180.0) % 1.0
-            img = (hsv_to_rgb(hsv) * 255.0).astype(np.float32)
+            img = np.clip(hsv_to_rgb(hsv) * 255.0, 0, 255).astype(np.float32)
         if not contrast_first and rng.random() < 0.5:
             img = np.clip(img * rng.uniform(*self.contrast), 0, 255)
         return {**sample, "image": img.astype(np.float32)}
