@@ -13,8 +13,6 @@ from safetensors.torch import load_file
 
 from taskprompter.data.synthetic import generate
 
-pytestmark = pytest.mark.slow  # three process launches and a torchrun pair: ~30-60 s on 2 cores
-
 
 @pytest.fixture(scope="module")
 def nyud_root(tmp_path_factory):
@@ -79,3 +77,28 @@ def test_two_gloo_processes_equal_one_process(nyud_root, tmp_path):
     for task, values in m1["metrics"].items():
         for k, v in values.items():
             assert m2["metrics"][task][k] == pytest.approx(v, rel=1e-9, abs=1e-9), (task, k)
+
+
+def test_probe_finds_parameters_without_gradient():
+    """DDP needs find_unused_parameters exactly when a branch is dead (e.g. an ablation switch)."""
+    import torch
+    from torch import nn
+
+    from taskprompter.engine.distributed import parameters_without_gradient
+
+    class Dead(nn.Module):
+        img_size = (4, 4)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.dead, self.bn = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1), nn.BatchNorm2d(2)
+
+        def forward(self, x):
+            self.dead(x)  # computed, never consumed
+            return {"semseg": self.bn(self.used(x))}
+
+    model = Dead().train()
+    before = model.bn.running_mean.clone()
+    assert parameters_without_gradient(model, torch.device("cpu")) == ["dead.weight", "dead.bias"]
+    assert model.training and torch.equal(model.bn.running_mean, before)  # eval-mode probe: statistics untouched
+    assert all(p.grad is None for p in model.parameters())

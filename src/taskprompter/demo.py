@@ -40,12 +40,12 @@ def ground_truth_pictures(raw: dict[str, Any], num_classes: dict[str, int]) -> d
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
-    from .metrics import PRIMARY_METRICS
+    from .metrics import METRIC_SPECS
     from .tasks import TASKS
 
     lines = ["| Task | Primary metric | Value | Other metrics |", "|---|---|---|---|"]
     for task, values in metrics.items():
-        spec = PRIMARY_METRICS[task]
+        spec = METRIC_SPECS[task]
         arrow = "↑" if spec.higher_is_better else "↓"
         others = ", ".join(f"{k} {v:.2f}" for k, v in values.items()
                            if k != spec.primary and not k.startswith(("iou_", "class_")) and isinstance(v, float))

@@ -143,7 +143,25 @@ def wrap_model(model: nn.Module, d: Dist, *, sync_bn: bool = True) -> nn.Module:
         else:
             model = convert_cpu_sync_batchnorm(model)
     ids = [d.device.index] if d.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    unused = parameters_without_gradient(model, d.device)
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=bool(unused))
+
+
+def parameters_without_gradient(model: nn.Module, device: torch.device) -> list[str]:
+    """Names of parameters that one forward/backward leaves without a gradient (an ablation's dead branch).
+
+    DDP must be told about them; the probe runs one image in eval mode (no BatchNorm statistics change)."""
+    img_size = getattr(model, "img_size", None)
+    if img_size is None:
+        return []
+    was_training = model.training
+    model.eval()
+    out = model(torch.zeros(1, 3, *img_size, device=device))
+    sum(v.float().sum() for v in out.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return unused
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -56,9 +56,13 @@ def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
 
 
 def build_task_meters(tasks: Mapping[str, int], dataset_format: str) -> dict[str, Any]:
-    from ..metrics import build_meters
+    """Meters with the dataset's conventions; for other formats (custom) the class counts come from ``tasks``."""
+    from ..metrics import build_meter, build_meters
 
-    return build_meters(dict(tasks), dataset=dataset_format)
+    if dataset_format in ("pascal_context", "nyud"):
+        return build_meters(list(tasks), dataset=dataset_format)
+    return {t: build_meter(t, num_classes=c) if t in ("semseg", "human_parts") else build_meter(t)
+            for t, c in tasks.items()}
 
 
 class _Spec:
@@ -68,12 +72,12 @@ class _Spec:
 
 def best_metric_spec(name: str, tasks: list[str]) -> _Spec:
     """The metric that picks the best checkpoint: "task.metric", or auto = the first task's primary metric."""
-    from ..metrics import PRIMARY_METRICS
+    from ..metrics import METRIC_SPECS
 
     task, _, metric = (tasks[0], "", "") if name == "auto" else name.partition(".")
     if task not in tasks:
         raise ConfigError(f"train.best_metric '{name}': task '{task}' is not trained (tasks: {tasks})")
-    spec = PRIMARY_METRICS[task]
+    spec = METRIC_SPECS[task]
     if name == "auto" or metric == spec.primary:
         return _Spec(task, spec.primary, spec.higher_is_better)
     lower = metric in ("rmse", "log_rmse", "abs_rel", "sq_rel", "mean", "median")  # errors: lower is better
@@ -149,11 +153,11 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """Aligned text table: one row per task, the primary metric first, then the other scalar metrics."""
-    from ..metrics import PRIMARY_METRICS
+    from ..metrics import METRIC_SPECS
 
     lines = []
     for task, values in results.items():
-        primary = PRIMARY_METRICS[task].primary if task in PRIMARY_METRICS else next(iter(values), "")
+        primary = METRIC_SPECS[task].primary if task in METRIC_SPECS else next(iter(values), "")
         keys = [primary] + [k for k in values if k != primary and not k.startswith(("iou_", "class_"))]
         cells = "  ".join(f"{k} {values[k]:.4f}" if k == primary and task == "depth" else f"{k} {values[k]:.2f}"
                           for k in keys if k in values and isinstance(values[k], (int, float)))
