@@ -227,7 +227,10 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
     val_keys = sorted({k for r in val for k in r if k not in ("step", "split") and "/" in k
                        and not k.split("/")[-1].startswith(("iou_", "class_"))})
-    primary = [k for k in val_keys if k.split("/")[-1] in ("mIoU", "rmse", "mean", "maxF", "odsF")] or val_keys
+    from .metrics.base import METRIC_SPECS
+
+    primary = [k for k in val_keys if k.split("/")[0] in METRIC_SPECS
+               and k.split("/")[-1] == METRIC_SPECS[k.split("/")[0]].primary] or val_keys
     two = bool(primary and val)
     fig = Figure(figsize=(11 if two else 6, 4))
     axes = fig.subplots(1, 2 if two else 1, squeeze=False)

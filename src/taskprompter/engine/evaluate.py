@@ -177,7 +177,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="split to evaluate (default: data.val_split)")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
                         help="write per-task predictions at the original image size (boundary PNGs for SEISM)")
-    parser.add_argument("--out", default=None, help="where metrics.json goes (default: the checkpoint directory)")
+    parser.add_argument("--out", default=None,
+                        help="where metrics.json goes (default: <run>/eval-<checkpoint>-<split>)")
     parser.add_argument("--batch-size", type=int, default=None, help="per-process batch (default: config)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: config)")
 
@@ -208,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     if d.is_main:
         print(f"{ckpt.path} (step {ckpt.step}) on {cfg.data.format}:{split}, {len(ds)} images")
         print(format_table(results))
-        out = Path(args.out) if args.out else ckpt.path
+        out = Path(args.out) if args.out else ckpt.path.parent / f"eval-{ckpt.path.name}-{split}"
         out.mkdir(parents=True, exist_ok=True)
         record = {"checkpoint": str(ckpt.path), "step": ckpt.step, "dataset": cfg.data.format, "split": split,
                   "num_samples": len(ds), "metrics": results}
