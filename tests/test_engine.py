@@ -75,3 +75,26 @@ def test_amp_is_fp32_on_cpu_and_checked(caplog):
 
     with pytest.raises(ConfigError, match="train.amp 'fp8'"):
         amp_settings(load_config("synthetic_tiny", ["train.amp=fp8"]), torch.device("cpu"), logging.getLogger("t"))
+
+
+def test_pretrained_vit_weights_load_into_the_encoder(tmp_path):
+    """model.pretrained: a timm-named ViT file initialises every encoder weight except the prompts."""
+    from safetensors.torch import save_file
+
+    from taskprompter.engine.train import build_model, load_pretrained
+    from taskprompter.errors import ConfigError
+
+    cfg = load_config("synthetic_tiny")
+    tasks = {"semseg": 21, "edge": 1}
+    torch.manual_seed(1)
+    donor = build_model(cfg, tasks).backbone.state_dict()
+    vit = {k: v for k, v in donor.items() if k != "prompts" and ".attn.channel_" not in k}
+    save_file(vit, str(tmp_path / "vit.safetensors"))
+    torch.manual_seed(2)
+    model = build_model(cfg, tasks)
+    load_pretrained(model, str(tmp_path / "vit.safetensors"), logging.getLogger("t"))
+    own = model.backbone.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in vit.items())
+    assert not torch.equal(own["prompts"], donor["prompts"])  # prompts keep their own initialisation
+    with pytest.raises(ConfigError, match="ViT weights not found: .*missing.safetensors.*model.pretrained=null"):
+        load_pretrained(model, str(tmp_path / "missing.safetensors"), logging.getLogger("t"))

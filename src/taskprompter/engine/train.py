@@ -79,7 +79,8 @@ def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
     encoders = list(model.encoders.values()) if hasattr(model, "encoders") else [model]
     for m in encoders:
         missing = load_vit_weights(m.backbone, path)
-    log.info(f"loaded ViT weights from {path} into {len(encoders)} encoder(s) (left at init: {missing})")
+    log.info(f"loaded ViT weights from {path} into {len(encoders)} encoder(s); {len(missing)} prompt tensors per "
+             "encoder keep their initialisation")
 
 
 def amp_settings(cfg: Config, device: torch.device, log) -> tuple[torch.dtype | None, bool]:
