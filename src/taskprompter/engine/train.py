@@ -159,11 +159,11 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
                 batch = to_device(next(batches), d.device)
                 last_micro = k == cfg.train.accum_steps - 1
                 sync = contextlib.nullcontext() if last_micro or not d.enabled else net.no_sync()
-                with sync, torch.autocast(d.device.type, dtype=amp_dtype or torch.float32,
-                                          enabled=amp_dtype is not None):
-                    losses = criterion(net(batch["image"]), batch)  # {task: loss, "total": weighted sum}
-                _check_finite(losses, step, d, out_dir)
-                scaler.scale(losses["total"] / cfg.train.accum_steps).backward()
+                with sync:  # gradients are all-reduced on the last micro-batch only
+                    with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        losses = criterion(net(batch["image"]), batch)  # {task: loss, "total": weighted sum}
+                    _check_finite(losses, step, d, out_dir)
+                    scaler.scale(losses["total"] / cfg.train.accum_steps).backward()
                 for name, value in losses.items():
                     sums[name] = sums.get(name, 0.0) + value.detach().float().item() / cfg.train.accum_steps
             scaler.unscale_(optimizer)
