@@ -238,8 +238,6 @@ def test_window_grid_rejects_bad_K(K, grid):
         window_grid(grid, K)
 
 
-@pytest.mark.xfail(strict=True, reason="review finding: math.isqrt runs before the K >= 1 check, so a negative K "
-                                       "raises Python's 'isqrt() argument must be nonnegative' without naming K")
 def test_window_grid_negative_K_names_K():
     with pytest.raises(ValueError, match=r"K=-4\b"):
         window_grid((4, 4), -4)

@@ -149,6 +149,11 @@ def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
         raise
     except Exception as err:  # corrupt or truncated file
         raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+    return _unwrap(state)
+
+
+def _unwrap(state: Mapping) -> dict[str, Tensor]:
+    """Accept a ``{'model': ...}`` / ``{'state_dict': ...}`` wrapper and a DDP ``module.`` prefix."""
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and wrapper in state and isinstance(state[wrapper], Mapping):
             state = state[wrapper]
@@ -163,7 +168,7 @@ def load_vit_weights(backbone: nn.Module, weights: str | os.PathLike | Mapping[s
     (only the task prompts, and the channel-prompt layers that ImageNet weights cannot have, may stay missing).
     Problems raise ``CheckpointError`` listing the keys by name.
     """
-    state = dict(read_vit_state_dict(weights) if not isinstance(weights, Mapping) else weights)
+    state = read_vit_state_dict(weights) if not isinstance(weights, Mapping) else _unwrap(weights)
     state = {k: v for k, v in state.items() if not k.startswith(_DROPPED_PREFIXES)}
     own = backbone.state_dict()
     if "pos_embed" in state and "pos_embed" in own:

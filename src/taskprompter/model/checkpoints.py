@@ -91,12 +91,13 @@ def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike 
     """Load a released TaskPrompter checkpoint (path or state dict) into an official-fidelity ``model``.
 
     Raises CheckpointError naming the missing, unexpected and mis-shaped keys (e.g. a ViT-B checkpoint into a ViT-L
-    model, or a model built for other tasks or another input size).
+    model, or a model built for other tasks or another input size). Settings without parameters -- the channel-head
+    count K and which blocks are decoded -- cannot be read from the weights: build the model from the released
+    preset (``build_model("taskprompter_vit_b_pascal")``, or ``taskprompter convert --preset``).
     """
-    official = {k: v for k, v in model.options.items() if k != "decode_affinity"}
     from .fidelity import FIDELITY_OPTIONS
 
-    wrong = {k: v for k, v in official.items() if v != FIDELITY_OPTIONS[k].official}
+    wrong = {k: v for k, v in model.options.items() if v != FIDELITY_OPTIONS[k].official}
     if wrong:
         raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
     if isinstance(checkpoint, Mapping):

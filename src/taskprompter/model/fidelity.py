@@ -55,7 +55,7 @@ def resolve_fidelity(fidelity: str, overrides: dict[str, Any]) -> dict[str, Any]
         value = overrides.get(name)
         if value is None:
             value = getattr(choice, fidelity)
-        elif value not in choice.allowed:
+        elif not any(value == a and type(value) is type(a) for a in choice.allowed):  # True is not 1
             raise ConfigError(f"{name} must be one of {choice.allowed}, got {value!r}")
         resolved[name] = value
     unknown = set(overrides) - set(FIDELITY_OPTIONS)

@@ -36,7 +36,7 @@ class Affinity(NamedTuple):
 
 def window_grid(grid: tuple[int, int], channel_heads: int) -> tuple[int, int]:
     """(nh, nw) windows for K channel heads: K must be a perfect square whose root divides both grid sides."""
-    root = math.isqrt(channel_heads)
+    root = math.isqrt(max(channel_heads, 0))
     if channel_heads < 1 or root * root != channel_heads:
         raise ValueError(f"channel_heads K={channel_heads} must be a perfect square (1, 4, 9, 16, ...)")
     h, w = grid
@@ -101,7 +101,7 @@ class SpatialChannelPromptAttention(nn.Module):
 
         channel = None
         if self.channel_prompts:
-            p_update, channel = self._channel(z[:, :T], z[:, T:])  # (B, T, C), (B, K, T, C)
+            p_update, channel = self._channel(z[:, :T], z[:, T:], need_logits=need_affinity)  # (B,T,C), (B,K,T,C)
             out = torch.cat([out[:, :T] + p_update, out[:, T:]], dim=1)  # Eq. 5
         if not need_affinity:
             return out, None
@@ -137,10 +137,11 @@ class SpatialChannelPromptAttention(nn.Module):
         return probs @ v, (self._prompt_row_affinity(logits[:, :, :T]) if T else None)
 
     # ------------------------------------------------------------------------------------------------ channel
-    def _channel(self, p: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _channel(self, p: Tensor, x: Tensor, *, need_logits: bool = True) -> tuple[Tensor, Tensor | None]:
         """Channel Task Prompt Learning (Eq. 4). p: (B, T, C) normed prompts; x: (B, N, C) normed tokens.
 
-        Returns the prompt update f_{N->C}(...) (B, T, C) and the channel logits A^c (B, K, T, C).
+        Returns the prompt update f_{N->C}(...) (B, T, C) and the channel logits A^c (B, K, T, C) (None when neither
+        the decoder nor the prompt update needs them: official mode in a block that is not decoded).
         """
         nh, nw = self.windows
         h, w = self.grid
@@ -152,6 +153,8 @@ class SpatialChannelPromptAttention(nn.Module):
             q_c, k_c, v_c = p_c, x, x  # released code: no projections
         if self.attention_impl == "naive":
             return self._channel_naive(p_c, q_c, k_c, v_c)
+        if self.prompt_update == "pre_attention" and not need_logits:
+            return self.channel_out(p_c), None
         # N = h*w is row-major; head (i, j) owns window rows i*wh:(i+1)*wh, cols j*ww:(j+1)*ww   (Fig. 6)
         windows = "b c (nh wh nw ww) -> b (nh nw) c (wh ww)"
         q_win = rearrange(q_c, windows, nh=nh, nw=nw, wh=h // nh)  # (B, K, T, N/K)

@@ -67,7 +67,9 @@ class TaskPrompter(nn.Module):
     ``tasks`` maps task name to output channels (e.g. ``{"semseg": 21, "normals": 3}``); prompts follow the released
     task order (semseg, depth, human_parts, sal, normals, edge), outputs the order given. ``decode_blocks`` are
     1-based block counts (``(3, 6, 9, 12)`` for ViT-B: Hierarchical Prompting). ``fidelity`` picks the defaults of
-    the options in ``fidelity.FIDELITY_OPTIONS``; each may be overridden by name. Turning off ``spatial_prompts`` and
+    the options in ``fidelity.FIDELITY_OPTIONS``; each may be overridden by name. (Eq. 8 halves 2C to C only when
+    ``final_dim`` is C, as the ``*_paper`` presets set it; ``fidelity="paper"`` alone keeps the given ``final_dim``.)
+    Turning off ``spatial_prompts`` and
     ``channel_prompts`` gives the paper's multi-task baseline (ViT + task heads, no prompts).
     """
 
@@ -90,13 +92,17 @@ class TaskPrompter(nn.Module):
             raise ValueError("tasks is empty: give at least one task, e.g. {'semseg': 21}")
         self.task_names = ordered_tasks(tasks)  # prompt order
         self.output_order = list(tasks)
+        if head_act not in ("gelu", "relu"):
+            raise ValueError(f"head_act must be 'gelu' or 'relu', got {head_act!r}")
         if attention_impl not in ("efficient", "naive"):
             raise ValueError(f"attention_impl must be 'efficient' or 'naive', got {attention_impl!r}")
         H, W = self.img_size = tuple(img_size)
         if H % patch_size or W % patch_size:
             raise ValueError(f"img_size {H}x{W} is not a multiple of patch_size {patch_size}")
         self.grid = (H // patch_size, W // patch_size)
-        decode_blocks = tuple(decode_blocks) if decode_blocks else tuple(depth * k // 4 for k in (1, 2, 3, 4))
+        n_levels = min(4, depth)  # default: Hierarchical Prompting over 4 levels spread evenly over depth
+        decode_blocks = tuple(decode_blocks) if decode_blocks else tuple(depth * k // n_levels
+                                                                        for k in range(1, n_levels + 1))
         if sorted(set(decode_blocks)) != list(decode_blocks) or not all(1 <= b <= depth for b in decode_blocks):
             raise ValueError(f"decode_blocks must be increasing block counts in 1..{depth}, got {decode_blocks}")
         self.decode_blocks = decode_blocks
