@@ -11,12 +11,49 @@ and windows; ``attention_impl="naive"`` keeps the released code's loops for test
 
 from __future__ import annotations
 
+import contextlib
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from .prompt_block import Affinity
+
+
+def checkpoint_contexts(module: nn.Module, keep: tuple = ()) -> tuple[contextlib.AbstractContextManager, ...]:
+    """``context_fn`` for ``torch.utils.checkpoint`` of a module with BatchNorm.
+
+    The forward updates the running statistics once; the recomputation in the backward pass runs with momentum 0
+    (statistics kept) and restores the batch counters, so a checkpointed model trains exactly as one without.
+    ``keep``: aten ops whose outputs are saved rather than recomputed (selective checkpointing): with the
+    convolutions kept, only the cheap elementwise ops, norms and upsampling are run again.
+    """
+    forward, inner = contextlib.nullcontext(), contextlib.nullcontext()
+    if keep:
+        def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+            return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+        forward, inner = create_selective_checkpoint_contexts(policy)
+
+    @contextlib.contextmanager
+    def recompute():
+        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        try:
+            with inner:
+                yield
+        finally:
+            for m, (momentum, count) in zip(norms, saved):
+                m.momentum = momentum
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
+
+    return forward, recompute()
 
 
 def _fusion(kind: str, in_dim: int, out_dim: int) -> nn.Sequential:
@@ -77,10 +114,13 @@ class PromptDecodingLevel(nn.Module):
         gate = self._gate_naive if self.attention_impl == "naive" else self._gate
         f_s = gate(x, affinity.spatial, "spatial") if self.spatial else None  # (B, T, C, h, w)
         f_c = gate(x, affinity.channel, "channel") if self.channel else None  # (B, T, C, h, w)
+        # unbind rather than f_s[:, i]: indexing in a loop makes the backward zero-fill a whole (B, T, C, h, w)
+        # gradient per task
+        f_s = f_s.unbind(1) if f_s is not None else [None] * T  # T x (B, C, h, w)
+        f_c = f_c.unbind(1) if f_c is not None else [None] * T
         feats = []
-        for i, mod in enumerate(self.tasks.values()):
-            parts = ([mod.spatial_proj(f_s[:, i])] if f_s is not None else []) + (
-                [mod.channel_proj(f_c[:, i])] if f_c is not None else [])
+        for mod, s, c in zip(self.tasks.values(), f_s, f_c):
+            parts = ([mod.spatial_proj(s)] if s is not None else []) + ([mod.channel_proj(c)] if c is not None else [])
             feats.append(mod.fuse(torch.cat(parts, dim=1)))  # F_t (B, f, h, w)   Eq. 8
         feats = torch.stack(feats, dim=1)  # F (B, T, f, h, w)
         if self.reweighting:
@@ -159,10 +199,16 @@ class HierarchicalPromptDecoder(nn.Module):
         super().__init__()
         self.levels = nn.ModuleList(PromptDecodingLevel(**level_kwargs) for _ in range(num_levels))
 
-    def forward(self, levels: list[tuple[Tensor, Affinity | None]], grid: tuple[int, int]) -> Tensor:
-        """levels: (tokens (B, N, C), Affinity) per decoded layer -> summed task features (B, T, f, h, w)."""
+    def forward(self, levels: list[tuple[Tensor, Affinity | None]], grid: tuple[int, int], *,
+                checkpointed: bool = False) -> Tensor:
+        """levels: (tokens (B, N, C), Affinity) per decoded layer -> summed task features (B, T, f, h, w).
+        ``checkpointed``: keep only each level's inputs and recompute its activations in the backward pass."""
         feats = None
         for level, (tokens, affinity) in zip(self.levels, levels, strict=True):
-            f = level(tokens, affinity, grid)
+            if checkpointed:
+                f = checkpoint(level, tokens, affinity, grid, use_reentrant=False,
+                               context_fn=partial(checkpoint_contexts, level))
+            else:
+                f = level(tokens, affinity, grid)
             feats = f if feats is None else feats + f
         return feats
