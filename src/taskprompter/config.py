@@ -70,6 +70,7 @@ class TrainConfig:
     log_every: int = 20
     amp: str = "none"  # none | bf16 | fp16 -- CUDA only; CPU always runs fp32
     device: str = "auto"  # auto | cpu | cuda
+    cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"
     loss_weights: dict[str, float] = field(default_factory=dict)  # per-task overrides of the released weights
     best_metric: str = "auto"  # "task.metric" for the best checkpoint; auto = the first task's primary metric

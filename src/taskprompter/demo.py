@@ -2,7 +2,7 @@
 PASCAL tasks on the CPU -> evaluate with every metric -> ``<out>/report.md`` with the metrics table, prediction
 panels beside the ground truth, spatial and channel task-prompt affinity maps, and the loss curves.
 
-    taskprompter demo --out runs/demo                 # ~6 minutes on 2 CPU cores
+    taskprompter demo --out runs/demo                 # ~6-7 minutes on 2 CPU cores (1000 iterations)
     taskprompter demo --out runs/quick --steps 200    # a faster, rougher look
 """
 

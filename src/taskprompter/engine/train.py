@@ -106,6 +106,8 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
     from ..losses import MultiTaskLoss
 
     d = init_distributed(cfg.train.device)
+    if cfg.train.cpu_threads > 0:
+        torch.set_num_threads(cfg.train.cpu_threads)
     out_dir = Path(cfg.train.out_dir)
     log = get_logger(is_main=d.is_main)
     try:
