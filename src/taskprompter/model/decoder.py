@@ -122,25 +122,35 @@ class PromptDecodingLevel(nn.Module):
         for mod, s, c in zip(self.tasks.values(), f_s, f_c):
             parts = ([mod.spatial_proj(s)] if s is not None else []) + ([mod.channel_proj(c)] if c is not None else [])
             feats.append(mod.fuse(torch.cat(parts, dim=1)))  # F_t (B, f, h, w)   Eq. 8
-        feats = torch.stack(feats, dim=1)  # F (B, T, f, h, w)
+        if self.attention_impl == "naive":
+            feats = torch.stack(feats, dim=1)  # F (B, T, f, h, w)
+        else:  # keep channels last: (B, T, h, w, f) in memory
+            feats = torch.stack([f.permute(0, 2, 3, 1) for f in feats], dim=1).permute(0, 1, 4, 2, 3)
         if self.reweighting:
             feats = self._reweight(feats, affinity.cross_task)
         return feats
 
     # ---------------------------------------------------------------------------------------------- prompting
     def _gate(self, x: Tensor, a: Tensor, kind: str) -> Tensor:
-        """A_t (.) X' (+ X') for all tasks at once (Eqs. 6, 7) -> (B, T, C, h, w)."""
+        """A_t (.) X' (+ X') for all tasks at once (Eqs. 6, 7) -> (B, T, C, h, w).
+
+        Computed with channels last, (B, T, h, w, C) in memory -- the layout the tokens already have -- so every task's
+        (B, C, h, w) slice is a channels-last tensor, which the convolutions and upsampling after it run fastest on.
+        """
+        xl = x.permute(0, 2, 3, 1)  # (B, h, w, C), a view of the tokens
         if kind == "spatial":  # a: (B, nH, T, N); head g gates channel group g
             g = self.num_heads
-            a = rearrange(a, "b g t (h w) -> b t g 1 h w", h=x.shape[2])
-            xg = rearrange(x, "b (g c) h w -> b 1 g c h w", g=g)
+            a = rearrange(a, "b g t (h w) -> b t h w g 1", h=x.shape[2])
+            xg = rearrange(xl, "b h w (g c) -> b 1 h w g c", g=g)
             out = a * xg + xg if self.residual else a * xg
-            return rearrange(out, "b t g c h w -> b t (g c) h w")
-        nh, nw = a.shape[-2:]  # a: (B, T, C, nh, nw); one scalar per channel and window
-        a = rearrange(a, "b t c nh nw -> b t c nh 1 nw 1")
-        xw = rearrange(x, "b c (nh wh) (nw ww) -> b 1 c nh wh nw ww", nh=nh, nw=nw)
-        out = a * xw + xw if self.residual else a * xw
-        return rearrange(out, "b t c nh wh nw ww -> b t c (nh wh) (nw ww)")
+            out = rearrange(out, "b t h w g c -> b t h w (g c)")
+        else:
+            nh, nw = a.shape[-2:]  # a: (B, T, C, nh, nw); one scalar per channel and window
+            a = rearrange(a, "b t c nh nw -> b t nh 1 nw 1 c")
+            xw = rearrange(xl, "b (nh wh) (nw ww) c -> b 1 nh wh nw ww c", nh=nh, nw=nw)
+            out = a * xw + xw if self.residual else a * xw
+            out = rearrange(out, "b t nh wh nw ww c -> b t (nh wh) (nw ww) c")
+        return out.permute(0, 1, 4, 2, 3)  # (B, T, C, h, w) view
 
     def _gate_naive(self, x: Tensor, a: Tensor, kind: str) -> Tensor:
         """The released code's loops over tasks and heads (spatial) or windows (channel)."""
@@ -179,7 +189,8 @@ class PromptDecodingLevel(nn.Module):
             T = feats.shape[1]
             return torch.stack([sum(weights[:, t, j].view(-1, 1, 1, 1) * feats[:, j] for j in range(T))
                                 for t in range(T)], dim=1)
-        return torch.einsum("btj,bjchw->btchw", weights, feats)
+        out = torch.einsum("btj,bjhwc->bthwc", weights, feats.permute(0, 1, 3, 4, 2))  # (B, T, h, w, f)
+        return out.permute(0, 1, 4, 2, 3)  # (B, T, f, h, w) view, channels last
 
     def _per_task_mlp(self, cross: Tensor) -> Tensor:
         """All T per-task MLPs (1x1 convs nH->nH, GELU, nH->1) in one batched product over target tasks."""
