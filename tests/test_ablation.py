@@ -1,0 +1,91 @@
+"""benchmarks/synthetic_ablation.py --quick: the whole Table 1 pipeline (synthetic scenes -> 10 trainings -> every
+metric -> the table) on the tiny model. The table must have every row with finite metrics, and its Delta_m must be
+``delta_m`` of its own rows against its own STL row."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from taskprompter.metrics import METRIC_SPECS, delta_m
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "synthetic_ablation.py"
+TASKS = ["semseg", "human_parts", "sal", "normals", "edge"]
+ROWS = ["STL Model", "TaskPrompter Baseline", "+SPrompt", "+SPrompt + CPrompt", "+SPrompt + CPrompt + RW",
+        "+SPrompt + CPrompt + RW + HP"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("synthetic_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_table(text: str) -> dict[str, list[str]]:
+    """{row name: [cell, ...]} of the printed markdown table."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ROWS:
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def number(cell: str) -> float:
+    """The value of a cell such as "76.46 (↑ 1.41)" or "12.3 ± 0.4"."""
+    return float(cell.split()[0])
+
+
+@pytest.mark.slow
+def test_quick_ablation_prints_table1_with_consistent_delta_m(tmp_path, capsys):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ablation = load_script()
+        assert ablation.main(["--out", str(tmp_path), "--quick"]) == 0
+        printed = capsys.readouterr().out
+        result = json.loads((tmp_path / "results.json").read_text())
+
+        # every run was trained and evaluated with every metric of its tasks
+        run_dirs = sorted(p.parent.name for p in (tmp_path / "seed0").glob("*/metrics.json"))
+        assert run_dirs == sorted([f"stl_{t}" for t in TASKS] + ["baseline", "sprompt", "sprompt_cprompt", "rw", "hp"])
+        hp = json.loads((tmp_path / "seed0" / "hp" / "metrics.json").read_text())["metrics"]
+        assert set(hp) == set(TASKS)
+        assert {"mIoU", "maxF", "mean", "odsF"} <= {k for m in hp.values() for k in m}
+
+        rows = result["rows"]
+        assert [r["name"] for r in rows] == ROWS
+        for r in rows:
+            assert all(math.isfinite(r["values"][t]) for t in TASKS), r
+        stl = rows[0]["values"]
+        for r in rows[1:]:  # Delta_m against our own STL row, exactly
+            assert r["delta_m"] == pytest.approx(delta_m(r["values"], stl), abs=1e-9)
+        assert rows[0]["delta_m"] is None
+        # the STL row holds each task's single-task run
+        runs = result["runs"]["0"]
+        assert stl == {t: runs[f"stl_{t}"][t][METRIC_SPECS[t].primary] for t in TASKS}
+        assert rows[-1]["values"] == {t: runs["hp"][t][METRIC_SPECS[t].primary] for t in TASKS}
+
+        # the printed table shows those numbers (2 decimals), in the paper's layout
+        table = parse_table(printed)
+        assert list(table) == ROWS
+        for r in rows:
+            cells = table[r["name"]]
+            assert [number(c) for c in cells[:5]] == [round(r["values"][t], 2) for t in TASKS]
+            if r["delta_m"] is None:
+                assert cells[5] == "-"
+            else:
+                assert number(cells[5]) == round(r["delta_m"], 2)
+        assert (tmp_path / "table.md").read_text().strip() in printed
+
+        # a second run resumes from the finished runs and gives the same table
+        assert ablation.main(["--out", str(tmp_path), "--quick"]) == 0
+        assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+    finally:
+        torch.set_num_threads(before)
