@@ -76,7 +76,7 @@ def test_two_gloo_processes_equal_one_process(nyud_root, tmp_path):
     assert m1["num_samples"] == m2["num_samples"] == 3
     for task, values in m1["metrics"].items():
         for k, v in values.items():
-            assert m2["metrics"][task][k] == pytest.approx(v, rel=1e-9, abs=1e-9), (task, k)
+            assert m2["metrics"][task][k] == pytest.approx(v, rel=1e-6, abs=1e-6), (task, k)  # summation order
 
 
 def test_probe_finds_parameters_without_gradient():
