@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 SYNTH_SIZE = (64, 80)  # (H, W) of the shared synthetic trees
 SYNTH_NUM = 6  # samples 000000..000003 in train, 000004..000005 in val
@@ -26,3 +27,12 @@ def synthetic_nyud_root(tmp_path_factory):
 
     return generate(tmp_path_factory.mktemp("synth_nyud"), format="nyud", num=SYNTH_NUM, size=SYNTH_SIZE,
                     seed=SYNTH_SEED, split_ratio=4 / 6)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """The tests run tiny tensors: one intra-op thread is faster than two and immune to CPU contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,16 +12,6 @@ from taskprompter.errors import CheckpointError
 from taskprompter.model.build import build_model
 from taskprompter.model.checkpoints import load_model_dir, load_official_checkpoint, to_released_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PASCAL_ORDER = ["semseg", "human_parts", "sal", "normals", "edge"]
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 WB = ("weight", "bias")

@@ -14,16 +14,6 @@ import torch.nn.functional as F
 from taskprompter.model.decoder import HierarchicalPromptDecoder, PromptDecodingLevel
 from taskprompter.model.prompt_block import Affinity
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TASKS = ["semseg", "human_parts", "sal"]
 C, NH, E, FD = 12, 3, 6, 8  # width, heads, decoder width e, final width f
 T = len(TASKS)

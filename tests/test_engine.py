@@ -22,13 +22,6 @@ def root(tmp_path_factory):
                     size=(64, 64), seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _cfg(root, out, *extra):
     return load_config("synthetic_tiny", [f"data.root={root}", f"train.out_dir={out}", "train.progress=false",

@@ -14,16 +14,6 @@ from taskprompter.errors import ConfigError
 from taskprompter.model.build import build_model
 from taskprompter.model.checkpoints import to_released_state_dict
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 PASCAL = {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1}
 NYUD = {"semseg": 40, "depth": 1, "normals": 3, "edge": 1}
 

@@ -16,16 +16,6 @@ from taskprompter.model.build import build_model, preset_kwargs
 from taskprompter.model.profile import profile_model
 from taskprompter.model.taskprompter import TaskPrompter
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # Table 8 of the paper: ViT-L, PASCAL-Context 512 x 512, tasks added in this order; "FLOPs" there are MACs.
 TABLE8 = [
     (["semseg"], 363.9e6, 388.7e9),

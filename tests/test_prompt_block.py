@@ -15,16 +15,6 @@ from torch.overrides import TorchFunctionMode
 
 from taskprompter.model.prompt_block import PromptBlock, window_grid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 C, NH, T = 24, 3, 3  # width, spatial heads, tasks (d = 8)
 
 OFFICIAL = dict(channel_mlp_layers=1, channel_qkv=False, prompt_update="pre_attention", decode_affinity="logits")

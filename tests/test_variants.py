@@ -17,16 +17,6 @@ from taskprompter.model.variants import (
     single_task_model,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TASKS = {"semseg": 21, "human_parts": 7, "sal": 2}
 
 

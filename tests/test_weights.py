@@ -13,16 +13,6 @@ from taskprompter.errors import CheckpointError
 from taskprompter.model.backbone import load_vit_weights
 from taskprompter.model.build import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster here and immune to contention with other processes."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 C, NH, DEPTH = 64, 2, 4  # the tiny preset's ViT
 D = C // NH
 
