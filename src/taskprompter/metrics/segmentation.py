@@ -11,23 +11,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..data import classes as _classes
 from ..errors import DataError
 from .base import Meter, as_labels, check_spatial
 
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-HUMAN_PARTS_CLASSES: tuple[str, ...] = (
-    "background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg",
-)  # fmt: skip
-NYU40_CLASSES: tuple[str, ...] = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
-    "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor_mat", "clothes",
-    "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower_curtain", "box", "whiteboard",
-    "person", "night_stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture",
-    "otherprop",
-)  # fmt: skip
+
+def _key(name: str) -> str:
+    return name.replace(" ", "_")  # metric keys: iou_floor_mat, iou_upper_arm
+
+
+# Class names as metric keys, from the data package's tables (one source of truth).
+VOC_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.VOC_CLASSES)
+HUMAN_PARTS_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.PART_NAMES)
+NYU40_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.NYU40_CLASSES)
 
 
 class SegmentationMeter(Meter):

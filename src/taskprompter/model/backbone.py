@@ -126,15 +126,16 @@ def _npz_to_timm(npz: Mapping[str, np.ndarray]) -> dict[str, Tensor]:
     return out
 
 
-def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read a ViT state dict in timm names from a local ``.safetensors``, ``.pth``/``.pt``/``.bin`` or ``.npz``.
+def read_state_dict(path: str | os.PathLike, *, what: str = "weights file") -> dict[str, Tensor]:
+    """Read a state dict from a local ``.safetensors``, ``.pth``/``.pt``/``.bin``/``.pth.tar`` or augreg ``.npz``.
 
-    ``.pth`` files are read with ``weights_only=True``; a ``{'model': ...}`` or ``{'state_dict': ...}`` wrapper and a
-    ``module.`` prefix are accepted.
+    ``.pth`` files are read with ``weights_only=True`` (never unpickling arbitrary objects); a ``{'model': ...}`` or
+    ``{'state_dict': ...}`` wrapper and a DDP ``module.`` prefix are accepted; ``.npz`` files are converted to timm
+    names. Problems raise ``CheckpointError`` naming the file (``what`` says what it was meant to be).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"weights file not found: {path}")
+        raise CheckpointError(f"{what} not found: {path}")
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -147,9 +148,17 @@ def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
-    except Exception as err:  # corrupt or truncated file
-        raise CheckpointError(f"cannot read weights from {path}: {err}") from err
+    except Exception as err:  # corrupt or truncated file, or pickled objects that weights_only refuses
+        raise CheckpointError(f"cannot read {what} {path} (corrupt, truncated, or holding non-tensor objects that "
+                              f"weights_only loading refuses): {err}") from err
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a state dict")
     return _unwrap(state)
+
+
+def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A pretrained ViT's state dict in timm names (see ``read_state_dict``)."""
+    return read_state_dict(path, what="weights file")
 
 
 def _unwrap(state: Mapping) -> dict[str, Tensor]:

@@ -14,10 +14,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .backbone import read_state_dict
 from .taskprompter import TaskPrompter
 
 # (our name, released name) for the parts named differently; {l} = level, {t} = task, {i} = block, {p} = the rest.
@@ -67,24 +67,7 @@ def to_released_state_dict(model: TaskPrompter) -> dict[str, Tensor]:
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     """Read a released checkpoint's model state (``{'model': ...}`` wrapper and ``module.`` prefix accepted)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read checkpoint {path} (corrupt, truncated, or holds non-tensor objects "
-                              f"that weights_only loading refuses): {err}") from err
-    if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    return read_state_dict(path, what="checkpoint")
 
 
 def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> None:
