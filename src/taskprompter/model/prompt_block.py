@@ -94,7 +94,7 @@ class SpatialChannelPromptAttention(nn.Module):
         if self.attention_impl == "naive":
             out, prompt_rows = self._spatial_naive(q, k, v)
         else:
-            out, prompt_rows = self._spatial_efficient(q, k, v)
+            out, prompt_rows = self._spatial_efficient(q, k, v, need_rows=need_affinity)
         out = self.proj(rearrange(out, "b g n d -> b n (g d)"))  # (B, T+N or N, C)
         if not self.spatial_prompts:  # P^s' = 0
             out = torch.cat([out.new_zeros(out.shape[0], T, out.shape[2]), out], dim=1)
@@ -119,16 +119,16 @@ class SpatialChannelPromptAttention(nn.Module):
     def _prompt_row_affinity(self, logits: Tensor) -> Tensor:
         return logits if self.decode_affinity == "logits" else (logits * self.scale).softmax(dim=-1)
 
-    def _spatial_efficient(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _spatial_efficient(self, q: Tensor, k: Tensor, v: Tensor, *, need_rows: bool = True
+                           ) -> tuple[Tensor, Tensor | None]:
+        """All T+N queries through one fused attention (no (T+N)^2 map kept); the T prompt rows of the logits are
+        formed explicitly, (B, nH, T, T+N), only when the decoder reads them."""
         T = self.num_tasks if self.spatial_prompts else 0
-        out_x = F.scaled_dot_product_attention(q[:, :, T:], k, v)  # (B, nH, N, d), fused, no N x N map kept
-        if T == 0:
-            return out_x, None
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, nH, T+N, d)
+        if T == 0 or not need_rows:
+            return out, None
         logits = q[:, :, :T] @ k.transpose(-2, -1)  # (B, nH, T, T+N) unscaled prompt rows
-        probs = (logits * self.scale).softmax(dim=-1)
-        out_p = probs @ v  # (B, nH, T, d)
-        rows = logits if self.decode_affinity == "logits" else probs
-        return torch.cat([out_p, out_x], dim=2), rows
+        return out, self._prompt_row_affinity(logits)
 
     def _spatial_naive(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
         T = self.num_tasks if self.spatial_prompts else 0
