@@ -114,6 +114,9 @@ def test_bench_writes_one_row_per_configuration(tmp_path, capsys):
         assert float(r["sec_min"]) <= float(r["sec_per_step"]) <= float(r["sec_max"])
         assert float(r["img_per_s"]) == pytest.approx(2 / float(r["sec_per_step"]), rel=1e-4)
     assert float(rows[1]["speedup_vs_naive"]) == 1.0
+    assert float(rows[4]["time_vs_plain"]) == pytest.approx(
+        float(rows[4]["sec_per_step"]) / float(rows[0]["sec_per_step"]), rel=1e-4)
+    assert rows[0]["time_vs_plain"] == ""
     assert float(rows[0]["speedup_vs_naive"]) == pytest.approx(
         float(rows[1]["sec_per_step"]) / float(rows[0]["sec_per_step"]), rel=1e-4)
     assert "parity efficient vs naive" in capsys.readouterr().out

@@ -331,9 +331,12 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     """speedup (naive time / this time) and memory ratios against the naive row of the same configuration."""
     key = ("sweep", "preset", "mode", "tasks", "img_h", "img_w", "batch")
     naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive"}
+    plain = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "efficient" and not r.get("grad_ckpt")}
     for r in rows:
         ref = naive.get(tuple(r[k] for k in key))
         r["speedup_vs_naive"] = ref["sec_per_step"] / r["sec_per_step"] if ref else float("nan")
+        if r.get("grad_ckpt") and tuple(r[k] for k in key) in plain:  # the price of checkpointing
+            r["time_vs_plain"] = r["sec_per_step"] / plain[tuple(r[k] for k in key)]["sec_per_step"]
         for m in ("peak_mib", "step_mib"):
             if ref and m in r and m in ref:
                 r[f"{m.split('_')[0]}_ratio"] = r[m] / ref[m]
@@ -362,8 +365,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
 
 _COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "amp", "tasks", "img_h", "img_w", "tokens", "batch",
             "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s", "latency_ms", "gmacs_per_img",
-            "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "peak_mib", "step_mib",
-            "peak_ratio", "step_ratio", "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
+            "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "time_vs_plain", "peak_mib",
+            "step_mib", "peak_ratio", "step_ratio", "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
 _FIELD_ORDER = {k: i for i, k in enumerate(_COLUMNS)}
 
 
@@ -373,7 +376,8 @@ def format_row(r: dict[str, Any]) -> str:
     name = f"{r['impl']}{'+ckpt' if r['grad_ckpt'] else ''}{'+' + r['amp'] if r['amp'] != 'none' else ''}"
     return (f"{r['sweep']:>6s} T={r['tasks']} {r['img_h']}x{r['img_w']} B={r['batch']} {name:16s} {r['mode']:5s} "
             f"{r['img_per_s']:8.2f} img/s  {r['latency_ms']:9.1f} ms (±{r['spread_pct'] / 2:4.1f}%)  "
-            f"{r['share_of_matmul_pct']:5.1f}% of mm  x{r['speedup_vs_naive']:.2f} vs naive{mem}")
+            f"{r['share_of_matmul_pct']:5.1f}% of mm  x{r['speedup_vs_naive']:.2f} vs naive{mem}"
+            + (f"  time x{r['time_vs_plain']:.2f} of plain" if "time_vs_plain" in r else ""))
 
 
 # ------------------------------------------------------------------------------------------------- driver
