@@ -475,6 +475,7 @@ def run(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("train", "infer") for m in modes):
         raise ConfigError(f"--modes {args.modes!r}: use train and/or infer")
+    started = datetime.datetime.now().strftime("%H:%M:%S")  # groups the rows of one invocation in the CSV
     base = BenchConfig(preset=args.preset, batch=args.batch, device=args.device, amp=args.amp, tasks=args.tasks,
                        img_size=tuple(args.img_size) if args.img_size else None)
     errors = check_parity(base)
@@ -516,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
           f"{torch.get_num_threads()} threads; {machine_name()}")
     if not args.no_csv:
         meta = {"machine": machine_name(), "device": device_name(args.device), "torch": torch.__version__,
-                "date": datetime.date.today().isoformat(), "threads": str(torch.get_num_threads())}
+                "date": datetime.date.today().isoformat(), "started": started, "threads": str(torch.get_num_threads())}
         path = write_csv(rows, args.csv or default_csv_path(args.device), meta)
         print(f"wrote {len(rows)} rows to {path}")
     return 0
