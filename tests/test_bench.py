@@ -122,6 +122,17 @@ def test_bench_writes_one_row_per_configuration(tmp_path, capsys):
     assert "parity efficient vs naive" in capsys.readouterr().out
 
 
+def test_share_is_of_the_higher_of_the_two_matmul_rates(tmp_path, monkeypatch):
+    rates = iter([1e10, 2e10])  # before, after: a busy moment lowered the first
+    monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: next(rates))
+    assert bench.run(bench_args(tmp_path, modes="infer")) == 0
+    with open(tmp_path / "out.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        assert float(r["matmul_gmac_s"]) == 20.0
+        assert float(r["share_of_matmul_pct"]) == pytest.approx(100 * float(r["achieved_gmac_s"]) / 20.0, rel=1e-4)
+
+
 def test_tasks_sweep_puts_table8_beside(tmp_path):
     assert bench.run(bench_args(tmp_path, sweep="tasks", tasks=2, modes="infer")) == 0
     with open(tmp_path / "out.csv") as fh:
