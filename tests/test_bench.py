@@ -134,9 +134,13 @@ def test_share_is_of_the_higher_of_the_two_matmul_rates(tmp_path, monkeypatch):
 
 
 def test_tasks_sweep_puts_table8_beside(tmp_path):
+    assert bench.run(bench_args(tmp_path, modes="infer")) == 0  # a run with other columns first: same file
     assert bench.run(bench_args(tmp_path, sweep="tasks", tasks=2, modes="infer")) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.DictReader(fh))
+    assert [r["sweep"] for r in rows[:2]] == ["main", "main"] and rows[0]["paper_gmacs"] == ""
+    rows = rows[2:]
     assert [(r["tasks"], r["impl"]) for r in rows] == [("1", "efficient"), ("1", "naive"), ("2", "efficient"),
                                                         ("2", "naive")]
     assert [float(rows[i]["paper_gmacs"]) for i in (0, 2)] == [389, 416]

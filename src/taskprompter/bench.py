@@ -346,12 +346,12 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     """Append rows (with machine / torch / date / threads columns) to ``path``, writing a header for a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(meta) + sorted({k for r in rows for k in r}, key=lambda k: _FIELD_ORDER.get(k, 99))
+    fields = list(meta) + _COLUMNS + sorted({k for r in rows for k in r} - set(_COLUMNS))  # one header for all runs
     new = not path.exists()
     if not new:
         with open(path) as fh:
             header = next(csv.reader(fh), [])
-        if header != fields:  # different columns: a fresh file beside it
+        if header != fields:  # a file of another version of this tool: a fresh file beside it
             path = path.with_name(path.stem + f"-{datetime.datetime.now():%H%M%S}" + path.suffix)
             new = True
     with open(path, "a", newline="") as fh:
@@ -367,7 +367,6 @@ _COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "amp", "tasks", "img
             "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s", "latency_ms", "gmacs_per_img",
             "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "time_vs_plain", "peak_mib",
             "step_mib", "peak_ratio", "step_ratio", "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
-_FIELD_ORDER = {k: i for i, k in enumerate(_COLUMNS)}
 
 
 def format_row(r: dict[str, Any]) -> str:
