@@ -43,7 +43,7 @@ PAPER = {"stl": [78.42, 68.36, 85.34, 13.87, 73.90, None], "baseline": [75.04, 6
 
 # The budgets. full: ~35 min per seed on 2 CPU cores; quick: a smoke run of the whole pipeline.
 SETTINGS = {
-    "full": dict(preset="taskprompter_small", size=(96, 128), num_scenes=400, steps=500, batch=8, warmup=25,
+    "full": dict(preset="taskprompter_small", size=(96, 128), num_scenes=400, steps=600, batch=8, warmup=30,
                  lr=1e-3, max_val=0),
     "quick": dict(preset="taskprompter_tiny", size=(64, 64), num_scenes=20, steps=6, batch=4, warmup=0, lr=2e-3,
                   max_val=0),
@@ -159,6 +159,27 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def write_runs_csv(path: Path, out: Path, seeds: list[int]) -> None:
+    """One row per (seed, run): its budget, time and every scalar metric of every task it was trained on."""
+    import csv
+
+    rows = []
+    for seed in seeds:
+        for name, stage, tasks in runs():
+            record = json.loads((out / f"seed{seed}" / name / "metrics.json").read_text())
+            row = {"seed": seed, "run": name, "stage": stage, "tasks": "+".join(tasks),
+                   "seconds": round(record["seconds"], 1), **{f"setting_{k}": v for k, v in record["setting"].items()}}
+            for task, values in record["metrics"].items():
+                row.update({f"{task}.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
+            rows.append(row)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/ablation", help="output directory (data, runs, table)")
@@ -166,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 2 steps per run")
     parser.add_argument("--steps", type=int, help="override the iterations per run")
     parser.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
+    parser.add_argument("--csv", help="also write every run's metrics to this CSV (e.g. benchmarks/results/...)")
     args = parser.parse_args(argv)
     setting = dict(SETTINGS["quick" if args.quick else "full"])
     if args.steps:
@@ -182,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.json").write_text(json.dumps({"setting": setting, "seeds": args.seeds, "rows": rows,
                                                   "runs": {str(s): r for s, r in results.items()},
                                                   "seconds": time.time() - t0}, indent=1) + "\n")
+    if args.csv:
+        write_runs_csv(Path(args.csv), out, args.seeds)
     return 0
 
 
