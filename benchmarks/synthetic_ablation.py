@@ -41,7 +41,7 @@ PAPER = {"stl": [78.42, 68.36, 85.34, 13.87, 73.90, None], "baseline": [75.04, 6
                                                                                     -2.11],
          "rw": [76.83, 66.31, 85.00, 13.94, 71.30, -1.90], "hp": [79.00, 67.00, 85.05, 13.47, 73.50, 0.15]}
 
-# The budgets. full: ~35 min per seed on 2 CPU cores; quick: a smoke run of the whole pipeline.
+# The budgets. full: ~14 min per seed on one CPU core (10 trainings); quick: a smoke run of the whole pipeline.
 SETTINGS = {
     "full": dict(preset="taskprompter_small", size=(96, 128), num_scenes=400, steps=600, batch=8, warmup=30,
                  lr=1e-3, max_val=0),
