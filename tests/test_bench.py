@@ -18,15 +18,6 @@ from taskprompter.model.profile import profile_model
 from taskprompter.model.taskprompter import TaskPrompter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: these tests time nothing that matters, and a shared machine's second core may be busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bench_args(tmp_path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)

@@ -17,14 +17,6 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def trained_like(model):
     """Move every parameter and BN statistic off its initial value, so a wrong mapping cannot pass by accident."""
     torch.manual_seed(1)
