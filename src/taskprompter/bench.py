@@ -10,7 +10,8 @@ the same run, interleaved, with warm-up and repeats.
 Per configuration (path x mode x tasks x size): median seconds per step over the repeats and their spread,
 images/s, latency (one batch), peak memory, MACs per image (``profile_model``) and the achieved multiply-accumulate
 rate as a share of the dense fp32 matmul rate measured in the same process. A training step is forward + loss (sum of
-the outputs' means) + backward + Adam; its MACs are counted as 3x the forward's. Peak memory on the CPU is measured
+the outputs' means) + backward + Adam (fused, as the trainer's default); its MACs are counted as 3x the forward's.
+Peak memory on the CPU is measured
 in a fresh subprocess per configuration: the resident set's high-water mark during one steady-state step (the kernel's
 VmHWM, reset through /proc/self/clear_refs, with glibc returning large blocks to the system) -- reported as the whole
 process's peak and as the increase over the state held between steps (weights, Adam moments). On CUDA:
@@ -129,7 +130,8 @@ class Runner:
         self.model = model if model is not None else build(cfg, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         self.images = torch.randn(cfg.batch, 3, *self.model.img_size, generator=gen).to(cfg.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-6)  # tiny lr: weights stay sane
+        # tiny lr: weights stay sane; fused, as the trainer's default (the same optimiser for both paths)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-6, fused=True)
         self.autocast = cfg.amp == "bf16" and cfg.impl == "efficient"
 
     def step(self) -> None:

@@ -58,6 +58,8 @@ class OptimConfig:
     warmup_iters: int = 0  # linear warm-up from 0
     max_iters: int = 40000
     grad_clip: float = 10.0  # max global grad norm (0 = off)
+    fused: bool = True  # torch's fused Adam/AdamW kernel (one pass per parameter; ~3x faster steps on CPU than the
+    #                     default per-tensor loop); false: torch's default implementation
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     if cfg.name == "adam":  # released: torch Adam's weight_decay is the coupled L2 term, on all parameters
         params = [p for p in model.parameters() if p.requires_grad]
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=cfg.fused or None)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+                                 fused=cfg.fused or None)
     raise ConfigError(f"optim.name '{cfg.name}' is not one of: adam, adamw")
 
 

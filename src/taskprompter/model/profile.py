@@ -47,6 +47,7 @@ def profile_model(model_factory, batch: int = 1) -> dict[str, Any]:
     with torch.device("meta"):
         model: TaskPrompter = model_factory()
     model.eval()
+    model.low_res_head_conv = False  # count the heads' conv where the released structure runs it, at 1/4 resolution
     params: dict[str, int] = defaultdict(int)
     for name, p in model.named_parameters():
         params[_component(name)] += p.numel()

@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -14,7 +13,7 @@ from ..tasks import ordered_tasks
 from .backbone import PatchEmbed
 from .decoder import HierarchicalPromptDecoder, checkpoint_contexts
 from .fidelity import resolve_fidelity
-from .heads import TaskHead
+from .heads import TaskHead, upsampled_logits
 from .prompt_block import Affinity, PromptBlock, window_grid
 
 KEEP_OPS = (torch.ops.aten.convolution.default,)  # selective recomputation of the heads keeps these outputs
@@ -119,6 +118,8 @@ class TaskPrompter(nn.Module):
             raise ValueError("cross_task_reweighting needs spatial_prompts (its weights come from A^s)")
         use_prompts = spatial_prompts or channel_prompts
         self.attention_impl = attention_impl
+        # the heads' 3x3 conv before the x4 upsampling (exact, ~1/8 of its MACs); the naive path upsamples first
+        self.low_res_head_conv = attention_impl == "efficient"
         self.backbone = PromptViT(
             num_tasks=len(self.task_names), grid=self.grid, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, use_prompts=use_prompts,
@@ -163,24 +164,22 @@ class TaskPrompter(nn.Module):
         ckpt = self.backbone.grad_checkpointing and self.training
         feats = self.decoder(levels, self.grid, checkpointed=ckpt)  # (B, T, f, h, w)
         outputs = {}
+        low_res = self.low_res_head_conv
+        predict = partial(upsampled_logits, size=self.img_size, low_res_conv=low_res)
         # unbind rather than feats[:, i]: indexing in a loop makes the backward zero-fill a whole gradient per task
         for (task, head), f in zip(self.heads.items(), feats.unbind(1)):
             if ckpt:  # keep only the 1/16-resolution features; the 1/4-resolution activations are recomputed
-                outputs[task] = checkpoint(_predict, head, f, self.img_size, use_reentrant=False,
+                outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head))
-            elif self.attention_impl == "efficient" and self.training and torch.is_grad_enabled():
-                # keep the convolutions' outputs only; upsampling, BN and GELU (cheap) are recomputed for backward
-                outputs[task] = checkpoint(_predict, head, f, self.img_size, use_reentrant=False,
+            elif low_res and KEEP_OPS and self.training and torch.is_grad_enabled():
+                # keep the products' outputs only; BN and GELU at 1/4 resolution (cheap) are recomputed for backward
+                outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head, keep=KEEP_OPS))
             else:
-                outputs[task] = _predict(head, f, self.img_size)
+                outputs[task] = predict(head, f)
         outputs = {t: outputs[t] for t in self.output_order}
         if return_affinities:
             return outputs, [affinity for _, affinity in levels]
         return outputs
 
 
-def _predict(head: TaskHead, feats: Tensor, size: tuple[int, int]) -> Tensor:
-    """One task's features (B, f, h, w) -> x4 bilinear -> head at 1/4 resolution -> logits (B, C_t, H, W)."""
-    x = F.interpolate(feats, scale_factor=4, mode="bilinear", align_corners=False)  # (B, f, 4h, 4w)
-    return F.interpolate(head(x), size=size, mode="bilinear", align_corners=False)
