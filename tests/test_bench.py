@@ -179,11 +179,42 @@ def test_grad_checkpointing_is_exact(impl):
     assert state["heads.semseg.mt_proj.1.num_batches_tracked"].item() == 1
 
 
+def test_selective_recompute_is_exact():
+    """Recomputing the decoder's and heads' cheap ops ("on") gives the same outputs, gradients and BatchNorm
+    statistics, bit for bit, as storing everything ("off")."""
+    torch.manual_seed(0)
+    stored = build_model("taskprompter_tiny", drop_path_rate=0.2, selective_recompute="off")
+    recomputed = build_model("taskprompter_tiny", drop_path_rate=0.2, selective_recompute="on")
+    recomputed.load_state_dict(stored.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    a, b = _train_step(stored, images), _train_step(recomputed, images)
+    assert all(torch.equal(a[t], b[t]) for t in a)
+    grads = dict(recomputed.named_parameters())
+    assert all(torch.equal(p.grad, grads[n].grad) for n, p in stored.named_parameters() if p.grad is not None)
+    state = recomputed.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in stored.state_dict().items())
+
+
+def test_selective_recompute_auto_threshold():
+    from taskprompter.model.taskprompter import RECOMPUTE_MIN_BYTES
+
+    model = build_model("taskprompter_tiny").train()
+    assert model._recompute(RECOMPUTE_MIN_BYTES) and not model._recompute(RECOMPUTE_MIN_BYTES - 1)
+    with torch.no_grad():
+        assert not model._recompute(RECOMPUTE_MIN_BYTES)  # nothing to store without gradients
+    assert not model.eval()._recompute(RECOMPUTE_MIN_BYTES)
+    assert not build_model("taskprompter_tiny", attention_impl="naive").train()._recompute(RECOMPUTE_MIN_BYTES)
+    assert build_model("taskprompter_tiny", selective_recompute="on").train()._recompute(1)
+    assert not build_model("taskprompter_tiny", selective_recompute="off").train()._recompute(RECOMPUTE_MIN_BYTES)
+    with pytest.raises(ValueError, match="selective_recompute"):
+        build_model("taskprompter_tiny", selective_recompute="always")
+
+
 def test_efficient_training_updates_batchnorm_statistics_once():
     """The efficient path recomputes the heads' BN in backward; its running statistics must match the naive path's
     (which stores everything) after a training step."""
     torch.manual_seed(0)
-    eff = build_model("taskprompter_tiny")
+    eff = build_model("taskprompter_tiny", selective_recompute="on")
     naive = build_model("taskprompter_tiny", attention_impl="naive")
     naive.load_state_dict(eff.state_dict())
     images = torch.randn(2, 3, 64, 64)

@@ -55,12 +55,19 @@ class BenchConfig:
     img_size: tuple[int, int] | None = None  # None: the preset's
     tasks: int | None = None  # the preset's first N tasks (released order); None: all
     grad_checkpointing: bool = False
+    recompute: str = "auto"  # the efficient path's selective_recompute: auto | on | off
     device: str = "cpu"
     amp: str = "none"  # none | bf16 (CUDA; applied to the efficient path only: naive stays the fp32 reference)
 
     @property
     def label(self) -> str:
-        return f"{self.impl}{'+ckpt' if self.grad_checkpointing else ''}/{self.mode}"
+        return f"{variant_name(self.impl, self.grad_checkpointing, self.recompute)}/{self.mode}"
+
+
+def variant_name(impl: str, grad_ckpt: bool, recompute: str) -> str:
+    """efficient, efficient+ckpt, efficient+rc-off, naive, ..."""
+    return impl + ("+ckpt" if grad_ckpt else "") + (f"+rc-{recompute}" if impl == "efficient" and
+                                                    recompute != "auto" else "")
 
 
 def model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
@@ -68,7 +75,7 @@ def model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
     from .model.build import preset_kwargs
 
     kwargs = preset_kwargs(cfg.preset, img_size=cfg.img_size, attention_impl=cfg.impl,
-                           grad_checkpointing=cfg.grad_checkpointing)
+                           grad_checkpointing=cfg.grad_checkpointing, selective_recompute=cfg.recompute)
     if cfg.tasks is not None:
         names = list(kwargs["tasks"])
         if not 1 <= cfg.tasks <= len(names):
@@ -317,7 +324,8 @@ def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memo
     H, W = cfg.img_size or model_kwargs(cfg)["img_size"]
     row = {
         "sweep": sweep, "preset": cfg.preset, "impl": cfg.impl, "mode": cfg.mode,
-        "grad_ckpt": int(cfg.grad_checkpointing), "amp": cfg.amp if cfg.impl == "efficient" else "none",
+        "grad_ckpt": int(cfg.grad_checkpointing), "recompute": cfg.recompute if cfg.impl == "efficient" else "-",
+        "amp": cfg.amp if cfg.impl == "efficient" else "none",
         "tasks": len(model_kwargs(cfg)["tasks"]), "img_h": H, "img_w": W, "tokens": (H // 16) * (W // 16),
         "batch": cfg.batch, "repeats": len(times), "sec_per_step": med, "sec_min": min(times), "sec_max": max(times),
         "spread_pct": 100 * (max(times) - min(times)) / med, "img_per_s": cfg.batch / med, "latency_ms": 1e3 * med,
@@ -333,11 +341,13 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     """speedup (naive time / this time) and memory ratios against the naive row of the same configuration."""
     key = ("sweep", "preset", "mode", "tasks", "img_h", "img_w", "batch")
     naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive"}
-    plain = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "efficient" and not r.get("grad_ckpt")}
+    plain = {tuple(r[k] for k in key): r for r in rows
+             if r["impl"] == "efficient" and not r.get("grad_ckpt") and r.get("recompute", "auto") == "auto"}
     for r in rows:
         ref = naive.get(tuple(r[k] for k in key))
         r["speedup_vs_naive"] = ref["sec_per_step"] / r["sec_per_step"] if ref else float("nan")
-        if r.get("grad_ckpt") and tuple(r[k] for k in key) in plain:  # the price of checkpointing
+        variant = r.get("grad_ckpt") or r.get("recompute", "auto") not in ("auto", "-")
+        if variant and tuple(r[k] for k in key) in plain:  # the price (or gain) of the memory setting
             r["time_vs_plain"] = r["sec_per_step"] / plain[tuple(r[k] for k in key)]["sec_per_step"]
         for m in ("peak_mib", "step_mib"):
             if ref and m in r and m in ref:
@@ -365,7 +375,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     return path
 
 
-_COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "amp", "tasks", "img_h", "img_w", "tokens", "batch",
+_COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "recompute", "amp", "tasks", "img_h", "img_w", "tokens",
+            "batch",
             "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s", "latency_ms", "gmacs_per_img",
             "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "time_vs_plain", "peak_mib",
             "step_mib", "peak_ratio", "step_ratio", "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
@@ -374,7 +385,8 @@ _COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "amp", "tasks", "img
 def format_row(r: dict[str, Any]) -> str:
     mem = f"  peak {r['peak_mib']:7.0f} MiB (step +{r['step_mib']:6.0f}, x{r.get('step_ratio', float('nan')):.2f})" \
         if "peak_mib" in r else ""
-    name = f"{r['impl']}{'+ckpt' if r['grad_ckpt'] else ''}{'+' + r['amp'] if r['amp'] != 'none' else ''}"
+    name = variant_name(r["impl"], r["grad_ckpt"], r.get("recompute", "auto")) + \
+        (f"+{r['amp']}" if r["amp"] != "none" else "")
     return (f"{r['sweep']:>6s} T={r['tasks']} {r['img_h']}x{r['img_w']} B={r['batch']} {name:16s} {r['mode']:5s} "
             f"{r['img_per_s']:8.2f} img/s  {r['latency_ms']:9.1f} ms (±{r['spread_pct'] / 2:4.1f}%)  "
             f"{r['share_of_matmul_pct']:5.1f}% of mm  x{r['speedup_vs_naive']:.2f} vs naive{mem}"
@@ -390,12 +402,12 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
     models: dict[tuple, torch.nn.Module] = {}
     runners = []
     for c in cfgs:
-        key = (c.impl, c.grad_checkpointing, c.tasks, c.img_size)
+        key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size)
         runners.append(Runner(c, model=models.get(key)))
         if key not in models:
             models[key] = runners[-1].model
             if c.impl == "naive":  # the same weights as the efficient model, when it exists
-                twin = models.get(("efficient", False, c.tasks, c.img_size))
+                twin = models.get(("efficient", False, "auto", c.tasks, c.img_size))
                 if twin is not None:
                     runners[-1].model.load_state_dict(twin.state_dict())
     times = time_interleaved(runners, repeats=repeats, warmup=warmup, min_time=min_time)
@@ -456,6 +468,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul timed for the rate")
     parser.add_argument("--grad-ckpt", action="store_true", help="also the efficient path with grad_checkpointing")
+    parser.add_argument("--recompute", nargs="+", default=[], choices=["on", "off"], help="also the efficient "
+                        "path's training step with selective_recompute=MODE (the default is auto)")
     parser.add_argument("--sweep", choices=["none", "tasks", "tokens"], default="none",
                         help="tasks: 1..T tasks (paper Table 8 beside); tokens: the sizes of --sizes")
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192, 256], help="square sizes for "
@@ -500,6 +514,8 @@ def run(args: argparse.Namespace) -> int:
         cfgs = [replace(cfg, impl=impl, mode=mode) for mode in modes for impl in ("efficient", "naive")]
         if args.grad_ckpt and "train" in modes:
             cfgs.append(replace(cfg, impl="efficient", mode="train", grad_checkpointing=True))
+        if "train" in modes:
+            cfgs += [replace(cfg, impl="efficient", mode="train", recompute=m) for m in args.recompute]
         groups.append((sweep, cfgs))
     rows: list[dict[str, Any]] = []
     for sweep, cfgs in groups:

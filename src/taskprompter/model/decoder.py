@@ -211,14 +211,15 @@ class HierarchicalPromptDecoder(nn.Module):
         self.levels = nn.ModuleList(PromptDecodingLevel(**level_kwargs) for _ in range(num_levels))
 
     def forward(self, levels: list[tuple[Tensor, Affinity | None]], grid: tuple[int, int], *,
-                checkpointed: bool = False) -> Tensor:
+                checkpointed: bool = False, keep: tuple = ()) -> Tensor:
         """levels: (tokens (B, N, C), Affinity) per decoded layer -> summed task features (B, T, f, h, w).
-        ``checkpointed``: keep only each level's inputs and recompute its activations in the backward pass."""
+        ``checkpointed``: keep only each level's inputs and recompute its activations in the backward pass;
+        ``keep``: aten ops whose outputs are kept, the rest recomputed (selective recomputation)."""
         feats = None
         for level, (tokens, affinity) in zip(self.levels, levels, strict=True):
-            if checkpointed:
+            if checkpointed or keep:
                 f = checkpoint(level, tokens, affinity, grid, use_reentrant=False,
-                               context_fn=partial(checkpoint_contexts, level))
+                               context_fn=partial(checkpoint_contexts, level, keep=() if checkpointed else keep))
             else:
                 f = level(tokens, affinity, grid)
             feats = f if feats is None else feats + f

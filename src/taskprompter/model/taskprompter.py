@@ -16,7 +16,11 @@ from .fidelity import resolve_fidelity
 from .heads import TaskHead, upsampled_logits
 from .prompt_block import Affinity, PromptBlock, window_grid
 
-KEEP_OPS = (torch.ops.aten.convolution.default,)  # selective recomputation of the heads keeps these outputs
+KEEP_OPS = (torch.ops.aten.convolution.default,)  # selective recomputation keeps these outputs
+# selective_recompute="auto": recompute where the features a decoder level or a head works on exceed this size --
+# below it, the per-operation cost of the recomputation machinery outweighs the memory it frees
+RECOMPUTE_MIN_BYTES = 4 * 2**20
+RECOMPUTE_MODES = ("auto", "on", "off")
 
 
 class PromptViT(nn.Module):
@@ -80,7 +84,8 @@ class TaskPrompter(nn.Module):
         channel_heads: int = 16, decoder_dim: int = 780, final_dim: int = 1024,
         decode_blocks: Sequence[int] | None = None, cross_task_reweighting: bool = True,
         spatial_prompts: bool = True, channel_prompts: bool = True, fidelity: str = "official",
-        attention_impl: str = "efficient", grad_checkpointing: bool = False, drop_path_rate: float = 0.15,
+        attention_impl: str = "efficient", grad_checkpointing: bool = False, selective_recompute: str = "auto",
+        drop_path_rate: float = 0.15,
         head_act: str = "gelu", channel_mlp_layers: int | None = None, channel_qkv: bool | None = None,
         prompt_update: str | None = None, decode_affinity: str | None = None, affinity_residual: bool | None = None,
         prompting_proj: bool | None = None, fusion: str | None = None, reweighting_mlp: str | None = None,
@@ -97,6 +102,9 @@ class TaskPrompter(nn.Module):
             raise ValueError(f"head_act must be 'gelu' or 'relu', got {head_act!r}")
         if attention_impl not in ("efficient", "naive"):
             raise ValueError(f"attention_impl must be 'efficient' or 'naive', got {attention_impl!r}")
+        if selective_recompute not in RECOMPUTE_MODES:
+            raise ValueError(f"selective_recompute must be one of {RECOMPUTE_MODES}, got {selective_recompute!r}")
+        self.selective_recompute = selective_recompute
         H, W = self.img_size = tuple(img_size)
         if H % patch_size or W % patch_size:
             raise ValueError(f"img_size {H}x{W} is not a multiple of patch_size {patch_size}")
@@ -153,6 +161,15 @@ class TaskPrompter(nn.Module):
         if self.backbone.num_tasks:
             nn.init.trunc_normal_(self.backbone.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
 
+    def _recompute(self, nbytes: int) -> bool:
+        """Selective recomputation (efficient path, training with gradients): store the convolutions' outputs only,
+        recompute the cheap elementwise work (gating, concatenation, BN, GELU) in the backward pass. ``nbytes``: the
+        size of the features the decoder level or head works on, for ``"auto"``."""
+        if self.attention_impl != "efficient" or not (self.training and torch.is_grad_enabled()):
+            return False
+        mode = self.selective_recompute
+        return mode == "on" or (mode == "auto" and nbytes >= RECOMPUTE_MIN_BYTES)
+
     def forward(self, images: Tensor, *, return_affinities: bool = False
                 ) -> dict[str, Tensor] | tuple[dict[str, Tensor], list[Affinity | None]]:
         """images (B, 3, H, W) at ``img_size`` -> {task: logits (B, C_t, H, W)}; with ``return_affinities`` also the
@@ -162,17 +179,19 @@ class TaskPrompter(nn.Module):
                              f"{tuple(images.shape)}; resize/pad first (taskprompter.Predictor does it for any size)")
         levels = self.backbone(images, self.decode_blocks)
         ckpt = self.backbone.grad_checkpointing and self.training
-        feats = self.decoder(levels, self.grid, checkpointed=ckpt)  # (B, T, f, h, w)
+        T = len(self.task_names)
+        tokens = levels[0][0]  # (B, N, C)
+        feats = self.decoder(levels, self.grid, checkpointed=ckpt,
+                             keep=KEEP_OPS if self._recompute(tokens.numel() * T * tokens.element_size()) else ())
         outputs = {}
-        low_res = self.low_res_head_conv
-        predict = partial(upsampled_logits, size=self.img_size, low_res_conv=low_res)
+        predict = partial(upsampled_logits, size=self.img_size, low_res_conv=self.low_res_head_conv)
         # unbind rather than feats[:, i]: indexing in a loop makes the backward zero-fill a whole gradient per task
         for (task, head), f in zip(self.heads.items(), feats.unbind(1)):
             if ckpt:  # keep only the 1/16-resolution features; the 1/4-resolution activations are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head))
-            elif low_res and KEEP_OPS and self.training and torch.is_grad_enabled():
-                # keep the products' outputs only; BN and GELU at 1/4 resolution (cheap) are recomputed for backward
+            elif self._recompute(f.numel() * 16 * f.element_size()):
+                # keep the convolutions' outputs only; BN and GELU at 1/4 resolution (cheap) are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head, keep=KEEP_OPS))
             else:
