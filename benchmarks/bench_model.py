@@ -17,9 +17,10 @@ from taskprompter.cli import main as cli
 
 SUITE: dict[str, list[str]] = {
     # A: ViT-S (384/12/6) at 384x384, K=16, e=192, f=256, batch 2 -- the heads' 3x3 convs are half of the MACs
-    "A": ["--preset", "taskprompter_bench_a", "--batch", "2", "--repeats", "5", "--warmup", "1", "--grad-ckpt"],
+    "A": ["--preset", "taskprompter_bench_a", "--batch", "2", "--repeats", "5", "--warmup", "1", "--grad-ckpt",
+          "--recompute", "on", "off"],
     # C: 192/12/3 at 128x128, K=4, e=64, f=64, batch 8 -- small operations
-    "C": ["--preset", "taskprompter_bench_c", "--batch", "8", "--repeats", "7", "--grad-ckpt"],
+    "C": ["--preset", "taskprompter_bench_c", "--batch", "8", "--repeats", "7", "--grad-ckpt", "--recompute", "on"],
     # cost against the number of tasks (paper Table 8 beside), at C
     "tasks": ["--preset", "taskprompter_bench_c", "--batch", "8", "--repeats", "5", "--sweep", "tasks",
               "--no-memory"],

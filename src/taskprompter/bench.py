@@ -11,12 +11,11 @@ Per configuration (path x mode x tasks x size): median seconds per step over the
 images/s, latency (one batch), peak memory, MACs per image (``profile_model``) and the achieved multiply-accumulate
 rate as a share of the dense fp32 matmul rate measured in the same process. A training step is forward + loss (sum of
 the outputs' means) + backward + Adam (fused, as the trainer's default); its MACs are counted as 3x the forward's.
-Peak memory on the CPU is measured
-in a fresh subprocess per configuration: the resident set's high-water mark during one steady-state step (the kernel's
-VmHWM, reset through /proc/self/clear_refs, with glibc returning large blocks to the system) -- reported as the whole
-process's peak and as the increase over the state held between steps (weights, Adam moments). On CUDA:
-``torch.cuda.max_memory_allocated``. Before timing, both paths get the same weights and must agree (outputs, and the
-gradients of one training step); otherwise the verb exits with status 3.
+Peak memory on the CPU is measured in a fresh subprocess per configuration: the resident set's high-water mark
+during one steady-state step (the kernel's VmHWM, reset through /proc/self/clear_refs, with glibc returning large
+blocks to the system) -- reported as the whole process's peak and as the increase over the state held between steps
+(weights, Adam moments). On CUDA: ``torch.cuda.max_memory_allocated``. Before timing, both paths get the same
+weights and must agree (outputs, and the gradients of one training step); otherwise the verb exits with status 3.
 """
 
 from __future__ import annotations
