@@ -195,6 +195,30 @@ def test_selective_recompute_is_exact():
     assert all(torch.equal(v, state[k]) for k, v in stored.state_dict().items())
 
 
+def test_selective_recompute_checkpoints_every_level_and_head(monkeypatch):
+    """"on" routes each decoder level and each head through torch.utils.checkpoint with a keep-list; "off" none."""
+    import taskprompter.model.decoder as decoder_mod
+    import taskprompter.model.taskprompter as model_mod
+
+    calls = []
+
+    def counting(fn, *args, **kwargs):
+        calls.append(type(fn if isinstance(fn, torch.nn.Module) else args[0]).__name__)  # level(...) / predict(head)
+        return checkpoint(fn, *args, **kwargs)
+
+    from torch.utils.checkpoint import checkpoint
+
+    monkeypatch.setattr(decoder_mod, "checkpoint", counting)
+    monkeypatch.setattr(model_mod, "checkpoint", counting)
+    images = torch.randn(2, 3, 64, 64)
+    for mode, expected in (("on", True), ("off", False)):
+        calls.clear()
+        model = build_model("taskprompter_tiny", selective_recompute=mode)
+        _train_step(model, images)
+        n_levels, n_tasks = len(model.decoder.levels), len(model.task_names)
+        assert calls == ((["PromptDecodingLevel"] * n_levels + ["TaskHead"] * n_tasks) if expected else [])
+
+
 def test_selective_recompute_auto_threshold():
     from taskprompter.model.taskprompter import RECOMPUTE_MIN_BYTES
 

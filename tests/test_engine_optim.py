@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from taskprompter.config import OptimConfig
 from taskprompter.engine.distributed import StepBatches, micro_batch_size, mix_seed, shard_indices
-from taskprompter.engine.optim import build_optimizer, is_no_decay, lr_at
+from taskprompter.engine.optim import build_optimizer, is_no_decay, load_optimizer_state, lr_at
 from taskprompter.errors import ConfigError
 
 
@@ -86,3 +88,33 @@ def test_batch_divisibility_and_eval_shards():
     shards = [shard_indices(11, r, 3) for r in range(3)]
     assert sorted(sum(shards, [])) == list(range(11))  # each sample once, no padding duplicates
     assert shards[2] == [2, 5, 8]
+
+
+def _steps(model: nn.Module, opt: torch.optim.Optimizer, n: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        opt.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+@pytest.mark.parametrize("saved_fused,resumed_fused", [(False, True), (True, False)])
+def test_resume_keeps_the_configured_adam_implementation(name, saved_fused, resumed_fused):
+    """The config, not the checkpoint, picks fused or not; either way the update continues as one run would."""
+    torch.manual_seed(0)
+    reference, resumed = Prompted(), Prompted()
+    resumed.load_state_dict(reference.state_dict())
+    ref_opt = build_optimizer(reference, OptimConfig(name=name, fused=saved_fused, lr=1e-2))
+    _steps(reference, ref_opt, 2, seed=1)
+    saved = copy.deepcopy(ref_opt.state_dict())  # as read from disk: no tensors shared with ref_opt
+    resumed.load_state_dict(reference.state_dict())
+    opt = build_optimizer(resumed, OptimConfig(name=name, fused=resumed_fused, lr=1e-2))
+    load_optimizer_state(opt, saved, OptimConfig(name=name, fused=resumed_fused, lr=1e-2))
+    assert all(g["fused"] == (True if resumed_fused else None) for g in opt.param_groups)
+    assert all(s["step"].item() == 2 for s in opt.state.values())
+    _steps(reference, ref_opt, 3, seed=2)
+    _steps(resumed, opt, 3, seed=2)
+    for a, b in zip(reference.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)  # fused and loop Adam agree to rounding

@@ -86,3 +86,15 @@ def test_head_forward_upsampled_equals_forward_of_upsampled(train):
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-10)
     # BatchNorm saw the same batch statistics in training mode
     torch.testing.assert_close(head.mt_proj[1].running_var, twin.mt_proj[1].running_var)
+
+
+def test_conv3x3_upsampled_keeps_the_autocast_dtype():
+    """Under bf16 autocast the result stays bf16 (as the convolution's would), so the heads' BN and GELU store bf16."""
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(2, 8, 4, 5, generator=gen), torch.randn(6, 8, 3, 3, generator=gen)
+    b = torch.randn(6, generator=gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv3x3_upsampled(x, w, b, scale=4)
+    assert out.dtype == torch.bfloat16
+    expected = reference(x, w, b, 4)
+    assert (out.float() - expected).abs().max() <= 2e-2 * expected.abs().max()  # bf16 rounding, not a wrong map

@@ -44,6 +44,23 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     raise ConfigError(f"optim.name '{cfg.name}' is not one of: adam, adamw")
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, cfg: OptimConfig) -> None:
+    """Resume the optimiser's moments and step counts, keeping the implementation the config asks for.
+
+    ``load_state_dict`` would also restore the saved run's ``fused`` flag; the config decides instead (the update is
+    the same either way). The fused kernel wants its step counts on the parameters' device.
+    """
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"] = cfg.fused or None
+        if cfg.fused:
+            group["foreach"] = None
+    if cfg.fused:
+        for param, param_state in optimizer.state.items():
+            if torch.is_tensor(param_state.get("step")):
+                param_state["step"] = param_state["step"].to(param.device, torch.float32)
+
+
 def lr_at(step: int, cfg: OptimConfig) -> float:
     """Learning rate for iteration ``step`` (0-based): linear warm-up, then poly / cosine / constant."""
     if cfg.warmup_iters > 0 and step < cfg.warmup_iters:

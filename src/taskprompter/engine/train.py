@@ -28,7 +28,7 @@ from . import distributed as dist_utils
 from .distributed import Dist, StepBatches, init_distributed, micro_batch_size, mix_seed, unwrap, wrap_model
 from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
 from .logging import RunLog, get_logger
-from .optim import build_optimizer, lr_at, set_lr
+from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 
 
 class NonFiniteLossError(TaskPrompterError):
@@ -120,7 +120,7 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
         micro_batch_size(cfg.train.batch_size, d.world_size, cfg.train.accum_steps)  # fail before any output
         ckpt = _find_resume(resume, out_dir, log)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-        model = build_model(cfg, tasks)
+        model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
         amp_dtype, use_scaler = amp_settings(cfg, d.device, log)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -128,7 +128,7 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
         if ckpt is not None:
             state = ckpt.train_state()
             ck.load_model_state(model, ckpt.state_dict(), source=str(ckpt.path))
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"], cfg.optim)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_step, best = int(state["step"]), state.get("best")

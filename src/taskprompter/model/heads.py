@@ -24,20 +24,22 @@ class TaskHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.linear_pred(self.mt_proj(x))  # (B, classes, H/4, W/4)
 
-    def forward_upsampled(self, feats: Tensor, *, scale: int = 4) -> Tensor:
+    def forward_upsampled(self, feats: Tensor, *, scale: int = 4,
+                          matrices: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """``forward(F.interpolate(feats, scale_factor=scale, mode="bilinear"))`` with the 3x3 convolution computed
         at the features' resolution (``upsample_conv``): same result, ~1/8 of the head's MACs at x4.
         feats (B, f, h, w) -> (B, classes, s*h, s*w)."""
         conv, norm, act = self.mt_proj
-        x = conv3x3_upsampled(feats, conv.weight, conv.bias, scale=scale)  # (B, mid, s*h, s*w)
+        x = conv3x3_upsampled(feats, conv.weight, conv.bias, scale=scale, matrices=matrices)  # (B, mid, s*h, s*w)
         return self.linear_pred(act(norm(x)))
 
 
-def upsampled_logits(head: TaskHead, feats: Tensor, size: tuple[int, int], *, low_res_conv: bool) -> Tensor:
+def upsampled_logits(head: TaskHead, feats: Tensor, size: tuple[int, int], *, low_res_conv: bool,
+                     matrices: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """One task's features (B, f, h, w) -> x4 bilinear -> head at 1/4 resolution -> logits (B, C_t, H, W).
     ``low_res_conv``: compute the head's 3x3 convolution before the upsampling (exact; the efficient path)."""
     if low_res_conv:
-        x = head.forward_upsampled(feats, scale=4)  # (B, C_t, 4h, 4w)
+        x = head.forward_upsampled(feats, scale=4, matrices=matrices)  # (B, C_t, 4h, 4w)
     else:
         x = head(F.interpolate(feats, scale_factor=4, mode="bilinear", align_corners=False))  # (B, C_t, 4h, 4w)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # (B, C_t, H, W)

@@ -15,6 +15,7 @@ from .decoder import HierarchicalPromptDecoder, checkpoint_contexts
 from .fidelity import resolve_fidelity
 from .heads import TaskHead, upsampled_logits
 from .prompt_block import Affinity, PromptBlock, window_grid
+from .upsample_conv import shifted_interpolation
 
 KEEP_OPS = (torch.ops.aten.convolution.default,)  # selective recomputation keeps these outputs
 # selective_recompute="auto": recompute where the features a decoder level or a head works on exceed this size --
@@ -128,6 +129,9 @@ class TaskPrompter(nn.Module):
         self.attention_impl = attention_impl
         # the heads' 3x3 conv before the x4 upsampling (exact, ~1/8 of its MACs); the naive path upsamples first
         self.low_res_head_conv = attention_impl == "efficient"
+        # its shifted interpolation matrices for this grid: non-persistent buffers (they follow .to(); ONNX constants)
+        self.register_buffer("head_interp_y", shifted_interpolation(self.grid[0], 4), persistent=False)
+        self.register_buffer("head_interp_x", shifted_interpolation(self.grid[1], 4), persistent=False)
         self.backbone = PromptViT(
             num_tasks=len(self.task_names), grid=self.grid, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, use_prompts=use_prompts,
@@ -162,8 +166,9 @@ class TaskPrompter(nn.Module):
             nn.init.trunc_normal_(self.backbone.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
 
     def _recompute(self, nbytes: int) -> bool:
-        """Selective recomputation (efficient path, training with gradients): store the convolutions' outputs only,
-        recompute the cheap elementwise work (gating, concatenation, BN, GELU) in the backward pass. ``nbytes``: the
+        """Selective recomputation (efficient path, training with gradients): decoder levels store their
+        convolutions' outputs and recompute gating, concatenation, BN and GELU in the backward pass; heads store only
+        their logits (the 3x3 conv, now ~1/8 of its released cost, is recomputed with BN and GELU). ``nbytes``: the
         size of the features the decoder level or head works on, for ``"auto"``."""
         if self.attention_impl != "efficient" or not (self.training and torch.is_grad_enabled()):
             return False
@@ -184,14 +189,15 @@ class TaskPrompter(nn.Module):
         feats = self.decoder(levels, self.grid, checkpointed=ckpt,
                              keep=KEEP_OPS if self._recompute(tokens.numel() * T * tokens.element_size()) else ())
         outputs = {}
-        predict = partial(upsampled_logits, size=self.img_size, low_res_conv=self.low_res_head_conv)
+        predict = partial(upsampled_logits, size=self.img_size, low_res_conv=self.low_res_head_conv,
+                          matrices=(self.head_interp_y, self.head_interp_x))
         # unbind rather than feats[:, i]: indexing in a loop makes the backward zero-fill a whole gradient per task
         for (task, head), f in zip(self.heads.items(), feats.unbind(1)):
             if ckpt:  # keep only the 1/16-resolution features; the 1/4-resolution activations are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head))
             elif self._recompute(f.numel() * 16 * f.element_size()):
-                # keep the convolutions' outputs only; BN and GELU at 1/4 resolution (cheap) are recomputed
+                # keep the logits only: the low-resolution 3x3 conv products, BN and GELU are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head, keep=KEEP_OPS))
             else:

@@ -43,21 +43,31 @@ def shifted_interpolation(n: int, scale: int, *, device: torch.device | None = N
     return taps.permute(2, 0, 1).reshape(n * scale, 3 * n)  # (S, 3n)
 
 
-def conv3x3_upsampled(x: Tensor, weight: Tensor, bias: Tensor | None, *, scale: int) -> Tensor:
+def conv3x3_upsampled(x: Tensor, weight: Tensor, bias: Tensor | None, *, scale: int,
+                      matrices: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """``F.conv2d(F.interpolate(x, scale_factor=scale, mode="bilinear"), weight, bias, padding=1)`` without
-    building the upsampled input. x (B, C, h, w), weight (f, C, 3, 3) -> (B, f, s*h, s*w), channels-last in memory."""
+    building the upsampled input. x (B, C, h, w), weight (f, C, 3, 3) -> (B, f, s*h, s*w), channels-last in memory.
+    ``matrices``: ``shifted_interpolation`` for (h, scale) and (w, scale), when the caller keeps them (built here
+    otherwise)."""
     if weight.shape[-2:] != (3, 3):
         raise ValueError(f"conv3x3_upsampled needs a 3x3 kernel, got {tuple(weight.shape)}")
     B, C, h, w = x.shape
     f = weight.shape[0]
-    mx = shifted_interpolation(w, scale, device=x.device, dtype=x.dtype)  # (sw, 3w)
-    my = shifted_interpolation(h, scale, device=x.device, dtype=x.dtype)  # (sh, 3h)
+    if matrices is None:
+        matrices = (shifted_interpolation(h, scale, device=x.device, dtype=x.dtype),
+                    shifted_interpolation(w, scale, device=x.device, dtype=x.dtype))
+    my, mx = matrices  # (sh, 3h), (sw, 3w)
+    if my.shape != (scale * h, 3 * h) or mx.shape != (scale * w, 3 * w):
+        raise ValueError(f"interpolation matrices {tuple(my.shape)}, {tuple(mx.shape)} do not fit a {h}x{w} input "
+                         f"at x{scale}")
     taps = weight.permute(2, 3, 0, 1).reshape(9 * f, C)  # (ky kx f, C)
-    z = F.linear(x.permute(0, 2, 3, 1), taps)  # (B, h, w, 9f): every tap's channel mixing, at low resolution
+    # the bias rides on the centre tap: its interpolation weights sum to 1 along each axis, so it arrives unchanged
+    # (and under autocast in the product's dtype, with no extra pass over the full-resolution output)
+    pad = bias.new_zeros(4 * f) if bias is not None else None
+    tap_bias = torch.cat([pad, bias, pad]) if bias is not None else None  # (9f,), zero but for tap (1, 1)
+    z = F.linear(x.permute(0, 2, 3, 1), taps, tap_bias)  # (B, h, w, 9f): every tap's channel mixing, at low res
     z = z.view(B, h, w, 3, 3, f).permute(0, 1, 3, 4, 2, 5).reshape(B, h, 3, 3 * w, f)  # (B, h, ky, (kx w), f)
     rows = torch.matmul(mx, z)  # (B, h, ky, sw, f): upsampled and shifted along x, taps kx summed
     rows = rows.transpose(1, 2).reshape(B, 3 * h, scale * w * f)  # (B, (ky h), (sw f))
     out = torch.matmul(my, rows).view(B, scale * h, scale * w, f)  # (B, sh, sw, f): along y, taps ky summed
-    if bias is not None:
-        out = out + bias
     return out.permute(0, 3, 1, 2)  # (B, f, sh, sw), channels last
