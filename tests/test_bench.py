@@ -161,38 +161,35 @@ def _train_step(model: TaskPrompter, images: torch.Tensor, seed: int = 5) -> dic
     return out
 
 
+def _assert_trains_identically(reference_kwargs: dict, other_kwargs: dict) -> dict[str, torch.Tensor]:
+    """One training step (drop-path on) of two tiny models with the same weights: outputs, gradients and the whole
+    state (BatchNorm statistics included) equal bit for bit. Returns the second model's state."""
+    torch.manual_seed(0)
+    reference = build_model("taskprompter_tiny", drop_path_rate=0.2, **reference_kwargs)
+    other = build_model("taskprompter_tiny", drop_path_rate=0.2, **other_kwargs)
+    other.load_state_dict(reference.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    a, b = _train_step(reference, images), _train_step(other, images)
+    assert all(torch.equal(a[t], b[t]) for t in a)
+    grads = dict(other.named_parameters())
+    assert all(torch.equal(p.grad, grads[n].grad) for n, p in reference.named_parameters() if p.grad is not None)
+    state = other.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in reference.state_dict().items())
+    return state
+
+
 @pytest.mark.parametrize("impl", ["efficient", "naive"])
 def test_grad_checkpointing_is_exact(impl):
     """Same outputs, gradients and BatchNorm statistics (bit for bit), drop-path on: recomputation must neither
     change the values nor update the running statistics twice."""
-    torch.manual_seed(0)
-    plain = build_model("taskprompter_tiny", drop_path_rate=0.2, attention_impl=impl)
-    ckpt = build_model("taskprompter_tiny", drop_path_rate=0.2, attention_impl=impl, grad_checkpointing=True)
-    ckpt.load_state_dict(plain.state_dict())
-    images = torch.randn(2, 3, 64, 64)
-    a, b = _train_step(plain, images), _train_step(ckpt, images)
-    assert all(torch.equal(a[t], b[t]) for t in a)
-    grads = dict(ckpt.named_parameters())
-    assert all(torch.equal(p.grad, grads[n].grad) for n, p in plain.named_parameters() if p.grad is not None)
-    state = ckpt.state_dict()
-    assert all(torch.equal(v, state[k]) for k, v in plain.state_dict().items())
+    state = _assert_trains_identically(dict(attention_impl=impl), dict(attention_impl=impl, grad_checkpointing=True))
     assert state["heads.semseg.mt_proj.1.num_batches_tracked"].item() == 1
 
 
 def test_selective_recompute_is_exact():
     """Recomputing the decoder's and heads' cheap ops ("on") gives the same outputs, gradients and BatchNorm
     statistics, bit for bit, as storing everything ("off")."""
-    torch.manual_seed(0)
-    stored = build_model("taskprompter_tiny", drop_path_rate=0.2, selective_recompute="off")
-    recomputed = build_model("taskprompter_tiny", drop_path_rate=0.2, selective_recompute="on")
-    recomputed.load_state_dict(stored.state_dict())
-    images = torch.randn(2, 3, 64, 64)
-    a, b = _train_step(stored, images), _train_step(recomputed, images)
-    assert all(torch.equal(a[t], b[t]) for t in a)
-    grads = dict(recomputed.named_parameters())
-    assert all(torch.equal(p.grad, grads[n].grad) for n, p in stored.named_parameters() if p.grad is not None)
-    state = recomputed.state_dict()
-    assert all(torch.equal(v, state[k]) for k, v in stored.state_dict().items())
+    _assert_trains_identically(dict(selective_recompute="off"), dict(selective_recompute="on"))
 
 
 def test_selective_recompute_checkpoints_every_level_and_head(monkeypatch):

@@ -13,7 +13,7 @@ from ..tasks import ordered_tasks
 from .backbone import PatchEmbed
 from .decoder import HierarchicalPromptDecoder, checkpoint_contexts
 from .fidelity import resolve_fidelity
-from .heads import TaskHead, upsampled_logits
+from .heads import HEAD_SCALE, TaskHead, upsampled_logits
 from .prompt_block import Affinity, PromptBlock, window_grid
 from .upsample_conv import shifted_interpolation
 
@@ -130,8 +130,8 @@ class TaskPrompter(nn.Module):
         # the heads' 3x3 conv before the x4 upsampling (exact, ~1/8 of its MACs); the naive path upsamples first
         self.low_res_head_conv = attention_impl == "efficient"
         # its shifted interpolation matrices for this grid: non-persistent buffers (they follow .to(); ONNX constants)
-        self.register_buffer("head_interp_y", shifted_interpolation(self.grid[0], 4), persistent=False)
-        self.register_buffer("head_interp_x", shifted_interpolation(self.grid[1], 4), persistent=False)
+        self.register_buffer("head_interp_y", shifted_interpolation(self.grid[0], HEAD_SCALE), persistent=False)
+        self.register_buffer("head_interp_x", shifted_interpolation(self.grid[1], HEAD_SCALE), persistent=False)
         self.backbone = PromptViT(
             num_tasks=len(self.task_names), grid=self.grid, patch_size=patch_size, embed_dim=embed_dim, depth=depth,
             num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate, use_prompts=use_prompts,
@@ -196,7 +196,7 @@ class TaskPrompter(nn.Module):
             if ckpt:  # keep only the 1/16-resolution features; the 1/4-resolution activations are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head))
-            elif self._recompute(f.numel() * 16 * f.element_size()):
+            elif self._recompute(f.numel() * HEAD_SCALE**2 * f.element_size()):
                 # keep the logits only: the low-resolution 3x3 conv products, BN and GELU are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head, keep=KEEP_OPS))

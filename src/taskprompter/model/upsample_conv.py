@@ -63,8 +63,10 @@ def conv3x3_upsampled(x: Tensor, weight: Tensor, bias: Tensor | None, *, scale: 
     taps = weight.permute(2, 3, 0, 1).reshape(9 * f, C)  # (ky kx f, C)
     # the bias rides on the centre tap: its interpolation weights sum to 1 along each axis, so it arrives unchanged
     # (and under autocast in the product's dtype, with no extra pass over the full-resolution output)
-    pad = bias.new_zeros(4 * f) if bias is not None else None
-    tap_bias = torch.cat([pad, bias, pad]) if bias is not None else None  # (9f,), zero but for tap (1, 1)
+    tap_bias = None
+    if bias is not None:
+        pad = bias.new_zeros(4 * f)
+        tap_bias = torch.cat([pad, bias, pad])  # (9f,), zero but for tap (1, 1)
     z = F.linear(x.permute(0, 2, 3, 1), taps, tap_bias)  # (B, h, w, 9f): every tap's channel mixing, at low res
     z = z.view(B, h, w, 3, 3, f).permute(0, 1, 3, 4, 2, 5).reshape(B, h, 3, 3 * w, f)  # (B, h, ky, (kx w), f)
     rows = torch.matmul(mx, z)  # (B, h, ky, sw, f): upsampled and shifted along x, taps kx summed
