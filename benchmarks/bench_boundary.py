@@ -16,9 +16,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from taskprompter.metrics.boundary import SEISM_THRESHOLDS, image_counts, summarize
+from taskprompter.data.thinning import thin
+from taskprompter.metrics.boundary import DEFAULT_MAX_DIST, SEISM_THRESHOLDS, image_counts, summarize
 from taskprompter.metrics.boundary_nms import nms_boundaries
-from taskprompter.metrics.thinning import thin
 
 
 def polygon_labels(rng: np.random.Generator, h: int, w: int, n: int, jitter: float = 0.0, seed_shapes=None):
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--max-dist", type=float, default=0.0075)
+    parser.add_argument("--max-dist", type=float, default=DEFAULT_MAX_DIST)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pairs = [synthetic_pair(rng, args.height, args.width) for _ in range(args.images)]

@@ -13,6 +13,7 @@ import torch
 
 from taskprompter import bench
 from taskprompter.bench import BenchConfig, add_ratios, check_parity, relative_error, summarize
+from taskprompter.cli import bench as bench_verb
 from taskprompter.model.build import build_model
 from taskprompter.model.profile import profile_model
 from taskprompter.model.taskprompter import TaskPrompter
@@ -20,7 +21,7 @@ from taskprompter.model.taskprompter import TaskPrompter
 
 def bench_args(tmp_path, **kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    bench_verb.add_arguments(parser)
     argv = ["--preset", "taskprompter_tiny", "--batch", "2", "--repeats", "2", "--warmup", "1", "--min-time", "0",
             "--no-memory", "--matmul-size", "256", "--csv", str(tmp_path / "out.csv")]
     for k, v in kw.items():
@@ -86,13 +87,13 @@ def test_bench_exits_3_when_the_paths_disagree(tmp_path, monkeypatch, capsys):
         return out * 1.01, rows
 
     monkeypatch.setattr(SpatialChannelPromptAttention, "_spatial_naive", wrong)
-    assert bench.run(bench_args(tmp_path)) == 3
+    assert bench_verb.run(bench_args(tmp_path)) == 3
     assert "disagree" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists()
 
 
 def test_bench_writes_one_row_per_configuration(tmp_path, capsys):
-    assert bench.run(bench_args(tmp_path, tasks=2, grad_ckpt=True)) == 0
+    assert bench_verb.run(bench_args(tmp_path, tasks=2, grad_ckpt=True)) == 0
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.DictReader(fh))
     labels = [(r["impl"], r["mode"], r["grad_ckpt"]) for r in rows]
@@ -116,7 +117,7 @@ def test_bench_writes_one_row_per_configuration(tmp_path, capsys):
 def test_share_is_of_the_higher_of_the_two_matmul_rates(tmp_path, monkeypatch):
     rates = iter([1e10, 2e10])  # before, after: a busy moment lowered the first
     monkeypatch.setattr(bench, "matmul_rate", lambda *a, **k: next(rates))
-    assert bench.run(bench_args(tmp_path, modes="infer")) == 0
+    assert bench_verb.run(bench_args(tmp_path, modes="infer")) == 0
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.DictReader(fh))
     for r in rows:
@@ -125,8 +126,8 @@ def test_share_is_of_the_higher_of_the_two_matmul_rates(tmp_path, monkeypatch):
 
 
 def test_tasks_sweep_puts_table8_beside(tmp_path):
-    assert bench.run(bench_args(tmp_path, modes="infer")) == 0  # a run with other columns first: same file
-    assert bench.run(bench_args(tmp_path, sweep="tasks", tasks=2, modes="infer")) == 0
+    assert bench_verb.run(bench_args(tmp_path, modes="infer")) == 0  # a run with other columns first: same file
+    assert bench_verb.run(bench_args(tmp_path, sweep="tasks", tasks=2, modes="infer")) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
     with open(tmp_path / "out.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -217,7 +218,7 @@ def test_selective_recompute_checkpoints_every_level_and_head(monkeypatch):
 
 
 def test_selective_recompute_auto_threshold():
-    from taskprompter.model.taskprompter import RECOMPUTE_MIN_BYTES
+    from taskprompter.model.recompute import RECOMPUTE_MIN_BYTES
 
     model = build_model("taskprompter_tiny").train()
     assert model._recompute(RECOMPUTE_MIN_BYTES) and not model._recompute(RECOMPUTE_MIN_BYTES - 1)

@@ -16,6 +16,7 @@ from torch import nn
 
 from taskprompter.engine import checkpoint as ck
 from taskprompter.errors import CheckpointError
+from taskprompter.model.io import load_state_exactly
 
 
 class StandIn(nn.Module):
@@ -58,7 +59,7 @@ def test_mismatch_names_missing_unexpected_and_shapes():
     state["extra.weight"] = torch.zeros(1)
     del state["bn.bias"]
     with pytest.raises(CheckpointError) as err:
-        ck.load_model_state(model, state, source="ckpt/model.safetensors")
+        load_state_exactly(model, state, source="ckpt/model.safetensors")
     msg = str(err.value)
     assert "ckpt/model.safetensors" in msg
     assert "missing in checkpoint: bn.bias" in msg
@@ -142,10 +143,9 @@ def test_kill_9_during_repeated_saves_never_corrupts(tmp_path):
 def test_converted_model_directory_loads(tmp_path):
     """`taskprompter convert` writes model.safetensors + config.yaml {preset, model: kwargs}: eval/predict read it."""
     from taskprompter.model.build import build_model
-    from taskprompter.model.checkpoints import save_model_dir
 
     model = build_model("taskprompter_tiny", tasks={"semseg": 21, "edge": 1})
-    save_model_dir(model, tmp_path / "converted", preset="taskprompter_tiny")
+    model.save_pretrained(tmp_path / "converted", preset="taskprompter_tiny")
     loaded, _ = ck.load_model(tmp_path / "converted")
     assert loaded.task_names == ["semseg", "edge"]
     for k, v in model.state_dict().items():

@@ -10,7 +10,8 @@ import yaml
 from taskprompter.cli import main
 from taskprompter.errors import CheckpointError
 from taskprompter.model.build import build_model
-from taskprompter.model.checkpoints import load_model_dir, load_official_checkpoint, to_released_state_dict
+from taskprompter.model.released import load_official_checkpoint, to_released_state_dict
+from taskprompter.model.taskprompter import TaskPrompter
 
 PASCAL_ORDER = ["semseg", "human_parts", "sal", "normals", "edge"]
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -112,11 +113,11 @@ def test_round_trip_through_a_released_style_file(tmp_path, prompts_shape):
     (dict(tasks={"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3}), ["unexpected", "edge"]),
     (dict(tasks={"semseg": 21, "depth": 1, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1}),
      ["missing", "depth"]),
-    (dict(img_size=(64, 96)), ["wrong shape", "channel_in.weight: (16, 64) vs model (24, 64)"]),
-    (dict(embed_dim=32), ["wrong shape", "qkv.weight: (192, 64) vs model (96, 32)"]),
+    (dict(img_size=(64, 96)), ["shape differs", "channel_in.weight (16, 64) in file vs (24, 64) in model"]),
+    (dict(embed_dim=32), ["shape differs", "qkv.weight (192, 64) in file vs (96, 32) in model"]),
     (dict(cross_task_reweighting=False), ["unexpected", "reweight"]),
     (dict(channel_heads=1, tasks={"semseg": 40, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1}),
-     ["wrong shape", "linear_pred"]),
+     ["shape differs", "linear_pred"]),
 ], ids=["fewer-tasks", "more-tasks", "input-size", "width", "no-rw", "classes"])
 def test_mismatching_checkpoint_is_refused_listing_keys(tmp_path, kw, words):
     path = save_released(tiny(), tmp_path / "ck.pth")
@@ -153,7 +154,7 @@ def test_convert_verb_writes_a_loadable_model_directory(tmp_path, capsys):
     assert (out / "model.safetensors").is_file() and (out / "config.yaml").is_file()
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["preset"] == "taskprompter_tiny" and cfg["model"]["fidelity"] == "official"
-    model = load_model_dir(out)
+    model = TaskPrompter.from_pretrained(out)
     loaded = model.state_dict()
     assert set(loaded) == set(src.state_dict())
     assert all(torch.equal(loaded[k], v) for k, v in src.state_dict().items())

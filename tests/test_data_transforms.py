@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from taskprompter.data import build_dataset, collate, epoch_order, seeded, to_tensors
 from taskprompter.data.sample import new_meta
+from taskprompter.data.sampling import SeededSamples, StepBatches, micro_batches
 from taskprompter.data.transforms import (
     HFlip,
     IgnoreRegions,
@@ -222,3 +223,26 @@ def test_seeded_batches_do_not_depend_on_the_number_of_workers(synthetic_nyud_ro
         loader = DataLoader(ds, batch_size=2, sampler=order, num_workers=workers, collate_fn=collate)
         runs.append([batch["image"] for batch in loader])
     assert all(torch.equal(x, y) for x, y in zip(*runs))
+
+
+class _RngProbe:
+    """A dataset whose sample is (index, first draw of its augmentation generator)."""
+
+    def __len__(self) -> int:
+        return 7
+
+    def get(self, index: int, rng: np.random.Generator) -> tuple[int, int]:
+        return index, int(rng.integers(1 << 60))
+
+
+def test_seeded_reads_the_training_stream_by_epoch():
+    """One seeding system: `seeded` + `epoch_order` give every sample the generator training gives it."""
+    steps = StepBatches(7, seed=5, batch_size=1, rank=0, world_size=1, accum_steps=1)
+    stream = SeededSamples(_RngProbe())
+    trained = [stream[pair] for micro, _ in zip(micro_batches(steps), range(21)) for pair in micro]
+    ds = seeded(_RngProbe(), seed=5)
+    by_epoch = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        by_epoch += [ds[i] for i in epoch_order(len(ds), 5, epoch)]
+    assert by_epoch == trained

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from taskprompter.config import load_config
+from taskprompter.data.sampling import StepBatches
 from taskprompter.data.synthetic import generate
-from taskprompter.engine.distributed import StepBatches
 from taskprompter.engine.train import NonFiniteLossError, amp_settings, train
 
 

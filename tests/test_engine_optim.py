@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from taskprompter.config import OptimConfig
-from taskprompter.engine.distributed import StepBatches, micro_batch_size, mix_seed, shard_indices
+from taskprompter.data.sampling import StepBatches, micro_batch_size, mix_seed, shard_indices
 from taskprompter.engine.optim import build_optimizer, is_no_decay, load_optimizer_state, lr_at
 from taskprompter.errors import ConfigError
 

@@ -11,7 +11,6 @@ from taskprompter.cli import main
 from taskprompter.engine import checkpoint as ck
 from taskprompter.export import check_onnx, export_onnx, load_for_export
 from taskprompter.model.build import build_model
-from taskprompter.model.checkpoints import save_model_dir
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -51,7 +50,7 @@ def assert_matches_eager(path, model, batches=(1, 3)):
 def test_converted_model_directory_exports_and_matches(tmp_path):
     torch.manual_seed(0)
     model = trained_like(build_model("taskprompter_tiny"))
-    save_model_dir(model, tmp_path / "model", preset="taskprompter_tiny")
+    model.save_pretrained(tmp_path / "model", preset="taskprompter_tiny")
     assert main(["export", "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"),
                  "--check"]) == 0
     graph = onnx.load(str(tmp_path / "m.onnx")).graph
@@ -71,7 +70,7 @@ def test_training_checkpoint_exports(tmp_path, use_run_dir):
     torch.manual_seed(0)
     model = trained_like(build_model("taskprompter_tiny", tasks={"normals": 3, "semseg": 21}, img_size=(64, 96),
                                      attention_impl="naive"))
-    meta = {"step": 3, "model": {"class": ck.model_class_path(model), "init_kwargs": dict(model.init_kwargs)}}
+    meta = {"step": 3}
     ck.save_checkpoint(tmp_path / "run" / "last", model=model, meta=meta)
     path = tmp_path / "run" if use_run_dir else tmp_path / "run" / "last"
     loaded = load_for_export(path)
@@ -97,7 +96,7 @@ def test_user_errors_are_one_line(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "nothing" in capsys.readouterr().err
     torch.manual_seed(0)
-    save_model_dir(build_model("taskprompter_tiny"), tmp_path / "model")
+    build_model("taskprompter_tiny").save_pretrained(tmp_path / "model")
     assert main(["export", "--checkpoint", str(tmp_path / "model"), "--out", str(tmp_path / "m.onnx"),
                  "--opset", "13"]) == 2
     assert "opset" in capsys.readouterr().err

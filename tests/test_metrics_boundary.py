@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from taskprompter.data.thinning import thin
 from taskprompter.metrics import build_meter
 from taskprompter.metrics.boundary import (
     evaluate_boundaries,
@@ -17,7 +18,6 @@ from taskprompter.metrics.boundary import (
 )
 from taskprompter.metrics.boundary_nms import nms_boundaries
 from taskprompter.metrics.matching import count_matches
-from taskprompter.metrics.thinning import thin
 
 
 def _square_outline(h: int = 60, w: int = 80) -> np.ndarray:

@@ -12,7 +12,7 @@ from scipy import stats
 
 from taskprompter.errors import ConfigError
 from taskprompter.model.build import build_model
-from taskprompter.model.checkpoints import to_released_state_dict
+from taskprompter.model.released import to_released_state_dict
 
 PASCAL = {"semseg": 21, "human_parts": 7, "sal": 2, "normals": 3, "edge": 1}
 NYUD = {"semseg": 40, "depth": 1, "normals": 3, "edge": 1}

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from taskprompter.errors import CheckpointError
-from taskprompter.model.backbone import load_vit_weights
 from taskprompter.model.build import build_model
+from taskprompter.model.pretrained import load_vit_weights
 
 C, NH, DEPTH = 64, 2, 4  # the tiny preset's ViT
 D = C // NH

@@ -1,32 +1,35 @@
-"""taskprompter: TaskPrompter (Ye & Xu, ICLR 2023) for multi-task dense scene understanding."""
+"""taskprompter: TaskPrompter (Ye & Xu, ICLR 2023) for multi-task dense scene understanding.
+
+    import taskprompter
+    model = taskprompter.build_model("taskprompter_vit_b_pascal")        # a preset (taskprompter.list_models())
+    model.save_pretrained("models/mine")                                  # model.safetensors + config.yaml
+    model = taskprompter.TaskPrompter.from_pretrained("models/mine")
+    pred = taskprompter.Predictor.from_pretrained("runs/x").predict("photo.jpg")
+"""
 
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
-__all__ = ["TaskPrompter", "build_model", "load_official_checkpoint", "Predictor", "load_config", "__version__"]
+# public name -> the module that defines it; imported on first use so that `import taskprompter` (and the CLI's
+# --help) stays fast
+_PUBLIC: dict[str, str] = {
+    "TaskPrompter": "taskprompter.model.taskprompter",
+    "TaskSpecificEncoders": "taskprompter.model.variants",
+    "build_model": "taskprompter.model.build",
+    "list_models": "taskprompter.model.build",
+    "load_model": "taskprompter.model.build",
+    "load_official_checkpoint": "taskprompter.model.released",
+    "Predictor": "taskprompter.inference",
+    "load_config": "taskprompter.config",
+}
+
+__all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy so that `import taskprompter` (and the CLI's --help) stays fast.
-    if name in ("TaskPrompter",):
-        from .model.taskprompter import TaskPrompter
-
-        return TaskPrompter
-    if name == "build_model":
-        from .model.build import build_model
-
-        return build_model
-    if name == "load_official_checkpoint":
-        from .model.checkpoints import load_official_checkpoint
-
-        return load_official_checkpoint
-    if name == "Predictor":
-        from .inference import Predictor
-
-        return Predictor
-    if name == "load_config":
-        from .config import load_config
-
-        return load_config
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
     raise AttributeError(f"module 'taskprompter' has no attribute {name!r}")

@@ -8,7 +8,6 @@ panels beside the ground truth, spatial and channel task-prompt affinity maps, a
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .config import load_config, to_dict
+from .engine.logging import get_logger
 
 PANEL_IMAGES = 4  # validation images shown with predictions and ground truth
 AFFINITY_IMAGES = 2  # of which this many also get affinity maps
@@ -40,12 +40,11 @@ def ground_truth_pictures(raw: dict[str, Any], num_classes: dict[str, int]) -> d
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
-    from .metrics import METRIC_SPECS
     from .tasks import TASKS
 
     lines = ["| Task | Primary metric | Value | Other metrics |", "|---|---|---|---|"]
     for task, values in metrics.items():
-        spec = METRIC_SPECS[task]
+        spec = TASKS[task]
         arrow = "↑" if spec.higher_is_better else "↓"
         others = ", ".join(f"{k} {v:.2f}" for k, v in values.items()
                            if k != spec.primary and not k.startswith(("iou_", "class_")) and isinstance(v, float))
@@ -56,17 +55,18 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
 def _present_classes(metrics: dict[str, dict[str, float]]) -> list[str]:
     """Semseg mIoU is over all 21 VOC classes with absent classes counted as 0 (as published); the synthetic scenes
     use only five of them, so also report those classes' IoU."""
-    from .data.classes import VOC_CLASSES
     from .data.synthetic import VOC_IDS
+    from .tasks import DATASET_SPECS
 
     seg = metrics.get("semseg", {})
-    names = [VOC_CLASSES[i] for i in sorted(set(int(i) for i in VOC_IDS))]
+    voc = DATASET_SPECS["pascal_context"].class_names["semseg"]
+    names = [voc[i] for i in sorted(set(int(i) for i in VOC_IDS))]
     ious = {n: seg[f"iou_{n}"] for n in names if f"iou_{n}" in seg}
     if not ious:
         return []
     cells = ", ".join(f"{n} {v:.1f}" for n, v in ious.items())
-    return [f"Semseg mIoU averages all 21 VOC classes, absent ones counting 0 (as published); the synthetic scenes "
-            f"use {len(ious)} of them, whose IoUs are: {cells} (mean {sum(ious.values()) / len(ious):.1f}).", ""]
+    return [f"Semseg mIoU averages all {len(voc)} VOC classes, absent ones counting 0 (as published); the synthetic "
+            f"scenes use {len(ious)} of them, whose IoUs are: {cells} (mean {sum(ious.values()) / len(ious):.1f}).", ""]
 
 
 def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", overrides: list[str] | None = None,
@@ -79,6 +79,7 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
     from .inference import Predictor
     from .visualize import colorize, plot_channel_affinity, plot_training_curves, save_affinity_grid, save_panel
 
+    log = get_logger()
     out = Path(out)
     t_start = time.time()
     root = out / "data" / "PASCALContext"
@@ -86,15 +87,15 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
     if steps is not None:
         sets.append(f"optim.max_iters={steps}")
     cfg = load_config(config, sets)
-    print(f"demo: writing {num_scenes} synthetic scenes of {cfg.data.size[0]}x{cfg.data.size[1]} to {root}")
+    log.info(f"demo: writing {num_scenes} synthetic scenes of {cfg.data.size[0]}x{cfg.data.size[1]} to {root}")
     generate(root, format="pascal_context", num=num_scenes, size=tuple(cfg.data.size), seed=cfg.seed,
              workers=min(2, os.cpu_count() or 1))
     t_data = time.time()
-    print(f"demo: training {cfg.model.name} for {cfg.optim.max_iters} iterations (batch {cfg.train.batch_size})")
+    log.info(f"demo: training {cfg.model.name} for {cfg.optim.max_iters} iterations (batch {cfg.train.batch_size})")
     result = train(cfg)
     t_train = time.time()
 
-    predictor = Predictor.from_checkpoint(out / "train" / "last", device="cpu")
+    predictor = Predictor.from_pretrained(out / "train" / "last", device="cpu")
     val = build_dataset("pascal_context", root, cfg.data.val_split, list(cfg.data.tasks))
     (out / "panels").mkdir(parents=True, exist_ok=True)
     (out / "affinity").mkdir(parents=True, exist_ok=True)
@@ -132,12 +133,14 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
     times = {"data": t_data - t_start, "train": t_train - t_data, "report": t_end - t_train, "total": t_end - t_start}
     report = _report(cfg, result, records, panels, affinity_figs, channel_figs, times, num_scenes, len(val))
     (out / "report.md").write_text(report)
-    print(f"demo: done in {times['total']:.0f} s -> {out / 'report.md'}")
+    log.info(f"demo: done in {times['total']:.0f} s -> {out / 'report.md'}")
     return out / "report.md"
 
 
 def _report(cfg, result, records, panels, affinity_figs, channel_figs, times, num_scenes, num_val) -> str:
     import torch
+
+    from .tasks import DATASET_SPECS
 
     train_recs = [r for r in records if r.get("split") == "train"]
     first, last = train_recs[0], train_recs[-1]
@@ -153,7 +156,8 @@ def _report(cfg, result, records, panels, affinity_figs, channel_figs, times, nu
         f"{last['loss/total']:.3f} at step {last['step']}.", "",
         "## Validation metrics (every paper metric, computed by `taskprompter.metrics`)", "",
         *_metrics_table(result["metrics"]), "", *_present_classes(result["metrics"]),
-        "Boundary odsF uses the SEISM protocol (NMS, 101 thresholds, bipartite matching at 0.0075 x diagonal); "
+        "Boundary odsF uses the SEISM protocol (NMS, 101 thresholds, bipartite matching at "
+        f"{DATASET_SPECS['pascal_context'].boundary_max_dist} x diagonal); "
         "saliency maxF is the published variant. These scenes are not PASCAL-Context: the numbers show that the "
         "model learns, not how it compares with the paper.", "",
         "## Predictions on validation images (top: prediction, bottom: ground truth)", "",
@@ -171,18 +175,3 @@ def _report(cfg, result, records, panels, affinity_figs, channel_figs, times, nu
         __import__("yaml").safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", "",
     ]
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="output directory (report.md goes here)")
-    parser.add_argument("--config", default="synthetic_demo", help="training config (default: synthetic_demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
-                        help="config overrides, e.g. --set optim.max_iters=300")
-    parser.add_argument("--num-scenes", type=int, default=320, help="synthetic scenes to generate (80%% train)")
-    parser.add_argument("--steps", type=int, default=None, help="training iterations (default: the config's)")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = [item for group in args.overrides for item in group]
-    run_demo(args.out, config=args.config, overrides=overrides, num_scenes=args.num_scenes, steps=args.steps)
-    return 0

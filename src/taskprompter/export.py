@@ -2,17 +2,15 @@
 
     taskprompter export --checkpoint runs/demo/train/last --format onnx --out model.onnx [--opset 17] [--check]
 
-The checkpoint is a training run directory (its ``last``), a checkpoint directory written by ``taskprompter train``
-(``model.safetensors`` + ``checkpoint.yaml``), or a model directory written by ``taskprompter convert``
-(``model.safetensors`` + ``config.yaml``). The graph takes ``images`` (batch, 3, H, W) -- ImageNet-normalised, at the
-model's fixed input size (the channel prompts' Linear(C -> N) fixes N) -- and returns one logits tensor per task,
-named after the task, (batch, C_t, H, W), in the model's output order. ``--check`` runs the file in onnxruntime on
-batches of 1 and 3 and compares with the eager model.
+The checkpoint is a model directory (``model.safetensors`` + ``config.yaml``: ``save_pretrained``, `taskprompter
+convert`, every training checkpoint) or a training run directory (its ``last``). The graph takes ``images``
+(batch, 3, H, W) -- ImageNet-normalised, at the model's fixed input size (the channel prompts' Linear(C -> N) fixes
+N) -- and returns one logits tensor per task, named after the task, (batch, C_t, H, W), in the model's output order.
+``--check`` runs the file in onnxruntime on batches of 1 and 3 and compares with the eager model.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import warnings
 from pathlib import Path
@@ -20,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
+from .model.build import load_model
 
 FORMATS = ("onnx",)
 
@@ -43,11 +42,8 @@ def output_tasks(model: nn.Module) -> list[str]:
 
 
 def load_for_export(checkpoint: str | os.PathLike) -> nn.Module:
-    """The model of a run / checkpoint / converted model directory, in eval mode on the CPU."""
-    from .engine.checkpoint import load_model
-
-    model, _ = load_model(checkpoint, device="cpu")
-    return model.eval()
+    """The model of a model / checkpoint / run directory, in eval mode on the CPU."""
+    return load_model(checkpoint, device="cpu")
 
 
 def export_onnx(model: nn.Module, out: str | os.PathLike, *, opset: int = 17, batch: int = 1) -> Path:
@@ -86,36 +82,3 @@ def check_onnx(path: str | os.PathLike, model: nn.Module, *, batches: tuple[int,
         got = dict(zip(names, session.run(None, {"images": images.numpy()})))
         diffs[b] = {t: float((torch.from_numpy(got[t]) - eager[t]).abs().max()) for t in eager}
     return diffs
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory, checkpoint directory, or a converted "
-                        "model directory (model.safetensors + config.yaml)")
-    parser.add_argument("--format", default="onnx", choices=FORMATS)
-    parser.add_argument("--out", required=True, help="output file, e.g. model.onnx")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 14 for scaled_dot_product_attention)")
-    parser.add_argument("--check", action="store_true", help="compare onnxruntime with eager on batches 1 and 3")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest difference --check accepts")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.opset < 14:
-        raise ConfigError(f"--opset {args.opset}: the attention needs opset 14 or later")
-    try:
-        model = load_for_export(args.checkpoint)
-    except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint not found: {args.checkpoint}") from err
-    path = export_onnx(model, args.out, opset=args.opset)
-    tasks = output_tasks(model)
-    H, W = model.img_size
-    print(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB): input images (batch, 3, {H}, {W}); outputs "
-          + ", ".join(tasks))
-    if args.check:
-        diffs = check_onnx(path, model)
-        worst = max(v for d in diffs.values() for v in d.values())
-        for b, d in diffs.items():
-            print(f"onnxruntime vs eager, batch {b}: " + ", ".join(f"{t} {v:.2e}" for t, v in d.items()))
-        if worst > args.atol:
-            print(f"export: onnxruntime differs from eager by {worst:.3g} > {args.atol:g}")
-            return 1
-    return 0

@@ -1,6 +1,6 @@
 """Prediction on your own images of any size and mode, and `taskprompter predict`.
 
-    predictor = Predictor.from_checkpoint("runs/demo/train/last")
+    predictor = Predictor.from_pretrained("runs/demo/train/last")   # or any model directory
     pred = predictor.predict(image)        # image: (H, W), (H, W, 3|4) uint8 / uint16 / float, or a file path
     pred.maps["semseg"]                    # (H, W) class ids at the original size
 
@@ -15,7 +15,6 @@ vectors; depth (H, W) metres.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import math
 import os
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import DataError
+from .model.build import load_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -122,12 +122,11 @@ class Predictor:
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto") -> Predictor:
-        from .engine.checkpoint import load_model
-
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto") -> Predictor:
+        """A Predictor for the model saved at ``path``: a model directory (``save_pretrained``, `convert`), a training
+        checkpoint, or a run directory (its ``last``)."""
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        model, _ = load_model(path, device=dev)
-        return cls(model, device=dev)
+        return cls(load_model(path, device=dev), device=dev)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def fit(self, size: tuple[int, int]) -> Fit:
@@ -200,8 +199,9 @@ class Predictor:
         return {t: (s / count)[0][:, crop[0], crop[1]] for t, s in sums.items()}  # (C, H0, W0)
 
     def _affinities(self, levels: list[Any], fit: Fit) -> tuple[dict[str, list[np.ndarray]], list]:
-        """Spatial task-prompt affinity per task and level: each head's softmax over the N patch tokens, averaged
-        over heads, at the original size; channel affinity (T, C) averaged over windows, per level."""
+        """Spatial task-prompt affinity per task and level: each head's attention over the N patch tokens, averaged
+        over heads, at the original size; channel affinity (T, C): the attention over channels averaged over windows,
+        per level. Both are the same maps whether the model decodes logits or probabilities (``Affinity``)."""
         h, w = self.model.grid
         spatial: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         channel: list[np.ndarray | None] = []
@@ -211,14 +211,14 @@ class Predictor:
             if aff is None or aff.spatial is None:
                 channel.append(None)
                 continue
-            a = aff.spatial[0].float().softmax(-1).mean(0)  # (T, N): prompt rows, heads averaged
+            a = aff.spatial_over_tokens()[0].mean(0)  # (T, N): prompt rows, heads averaged
             a = a.reshape(len(self.tasks), 1, h, w).cpu()  # (T, 1, h, w)
             a = F.interpolate(a, size=self.img_size, mode="bilinear", align_corners=False)  # (T, 1, H, W)
             a = self._restore(a, fit)[:, 0]  # (T, H0, W0)
             for i, t in enumerate(self.tasks):
                 spatial[t].append(a[i].numpy())
-            ch = getattr(aff, "channel", None)
-            channel.append(None if ch is None else ch[0].float().mean(dim=(-2, -1)).cpu().numpy())  # (T, C)
+            channel.append(None if aff.channel is None else
+                           aff.channel_over_channels()[0].mean(dim=(-2, -1)).cpu().numpy())  # (T, C)
         return spatial, channel
 
 
@@ -227,9 +227,6 @@ def _starts(length: int, window: int) -> list[int]:
         return [0]
     n = math.ceil((length - window) / (window * 2 / 3)) + 1
     return sorted({round(i * (length - window) / (n - 1)) for i in range(n)})
-
-
-# ------------------------------------------------------------------------------------------------- CLI
 
 
 def find_images(inputs: list[str]) -> list[Path]:
@@ -249,42 +246,3 @@ def find_images(inputs: list[str]) -> list[Path]:
     if not found:
         raise DataError(f"no images found in {inputs} (suffixes {', '.join(IMAGE_SUFFIXES)})")
     return found
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or run directory -> last)")
-    parser.add_argument("--input", required=True, nargs="+", help="image file(s), directory or glob pattern")
-    parser.add_argument("--out", required=True, help="output directory (one folder per image)")
-    parser.add_argument("--affinity", action="store_true",
-                        help="also write spatial task-prompt affinity maps per task and level, and the channel "
-                             "affinity plot (paper Figs. 4, 8)")
-    parser.add_argument("--sliding-window", action="store_true",
-                        help="run model-sized windows over the image at its own resolution (large images)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .visualize import plot_channel_affinity, write_prediction
-
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
-    out = Path(args.out)
-    images = find_images(args.input)
-    channel: list[list[np.ndarray | None]] = []
-    used: set[str] = set()
-    for path in images:
-        name = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
-        used.add(name)
-        image = read_image(path)
-        pred = predictor.predict(image, sliding_window=args.sliding_window, affinity=args.affinity)
-        write_prediction(out / name, image, pred.maps, num_classes=predictor.num_classes,
-                         spatial_affinity=pred.spatial_affinity, channel_affinity=pred.channel_affinity,
-                         task_names=predictor.tasks)
-        channel.append(pred.channel_affinity)
-        print(f"{path} ({image.shape[1]}x{image.shape[0]}) -> {out / name}")
-    for k in range(len(channel[0]) if channel else 0):  # the paper averages channel affinity over all images
-        per_image = [c[k] for c in channel if c[k] is not None]
-        if per_image:
-            plot_channel_affinity(out / f"channel_affinity_level{k + 1}.png", np.mean(per_image, axis=0),
-                                  predictor.tasks, title=f"channel task-prompt affinity, level {k + 1}, "
-                                  f"mean over {len(per_image)} image(s)")
-    return 0

@@ -20,31 +20,24 @@ import numpy as np
 from matplotlib.figure import Figure  # the object API renders with Agg and never touches pyplot's global state
 from matplotlib.patches import Patch
 
-from .data import classes
-from .tasks import IGNORE_INDEX, TASKS
+from .label_sets import label_colormap
+from .tasks import IGNORE_INDEX, TASKS, dataset_with_classes
 
 IGNORE_COLOR = np.array([255, 255, 255], dtype=np.uint8)
 
 
 def class_names(task: str, num_classes: int) -> tuple[str, ...]:
-    if task == "semseg" and num_classes == len(classes.VOC_CLASSES):
-        return classes.VOC_CLASSES
-    if task == "semseg" and num_classes == len(classes.NYU40_CLASSES):
-        return classes.NYU40_CLASSES
-    if task == "human_parts" and num_classes == len(classes.PART_NAMES):
-        return classes.PART_NAMES
-    return tuple(f"class {i}" for i in range(num_classes))
+    """The names of the dataset in the table whose `task` has this many classes (VOC 21, NYU-40, PASCAL-Part 7),
+    else "class i"."""
+    spec = dataset_with_classes(task, num_classes)
+    return spec.class_names[task] if spec else tuple(f"class {i}" for i in range(num_classes))
 
 
 def palette(task: str, num_classes: int) -> np.ndarray:
-    """(num_classes, 3) uint8: VOC colours for PASCAL semseg, PASCAL-Part colours for parts, NYU-40 colours."""
-    if task == "semseg" and num_classes == len(classes.VOC_CLASSES):
-        return classes.VOC_PALETTE
-    if task == "semseg" and num_classes == len(classes.NYU40_CLASSES):
-        return classes.NYU40_PALETTE
-    if task == "human_parts" and num_classes == len(classes.PART_NAMES):
-        return classes.PART_PALETTE
-    return classes.label_colormap(num_classes)
+    """(num_classes, 3) uint8: the palette of the dataset in the table whose `task` has this many classes, else
+    the VOC colour map."""
+    spec = dataset_with_classes(task, num_classes)
+    return spec.palettes[task] if spec else label_colormap(num_classes)
 
 
 def colorize_labels(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
@@ -227,10 +220,8 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
     loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
     val_keys = sorted({k for r in val for k in r if k not in ("step", "split") and "/" in k
                        and not k.split("/")[-1].startswith(("iou_", "class_"))})
-    from .metrics.base import METRIC_SPECS
-
-    primary = [k for k in val_keys if k.split("/")[0] in METRIC_SPECS
-               and k.split("/")[-1] == METRIC_SPECS[k.split("/")[0]].primary] or val_keys
+    primary = [k for k in val_keys if k.split("/")[0] in TASKS
+               and k.split("/")[-1] == TASKS[k.split("/")[0]].primary] or val_keys
     two = bool(primary and val)
     fig = Figure(figsize=(11 if two else 6, 4))
     axes = fig.subplots(1, 2 if two else 1, squeeze=False)

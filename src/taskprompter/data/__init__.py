@@ -17,19 +17,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..tasks import NYUD_TASKS, PASCAL_CONTEXT_TASKS
+from ..tasks import DATASET_SPECS
 from .base import TaskDataset, Transform
 from .custom import CustomDataset
 from .nyud import NYUD
 from .pascal_context import PascalContext
 from .sample import collate, to_tensors
-from .seeding import SeededDataset, epoch_order, sample_rng, seeded
+from .sampling import SeededDataset, epoch_order, seeded
 
-# Output channels per task of each released format (custom datasets: `CustomDataset(...).task_channels`).
-DATASET_TASKS: dict[str, dict[str, int]] = {
-    "pascal_context": dict(PASCAL_CONTEXT_TASKS),
-    "nyud": dict(NYUD_TASKS),
-}
+# Output channels per task of each released format, a view of the table `tasks.DATASET_SPECS` (custom datasets:
+# `CustomDataset(...).task_channels`).
+DATASET_TASKS: dict[str, dict[str, int]] = {name: dict(spec.tasks) for name, spec in DATASET_SPECS.items()}
 
 
 def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str] | None,
@@ -37,8 +35,8 @@ def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str
     """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format)."""
     if format not in DATASETS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of {list(DATASETS)}")
-    if tasks is None and format in DATASET_TASKS:
-        tasks = list(DATASET_TASKS[format])
+    if tasks is None and format in DATASET_SPECS:
+        tasks = list(DATASET_SPECS[format].tasks)
     return DATASETS[format](root, split, tasks, transform=transform)
 
 
@@ -50,5 +48,5 @@ DATASETS: dict[str, Callable[..., TaskDataset]] = {
 
 __all__ = [
     "DATASETS", "DATASET_TASKS", "NYUD", "CustomDataset", "PascalContext", "SeededDataset", "TaskDataset",
-    "build_dataset", "collate", "epoch_order", "sample_rng", "seeded", "to_tensors",
+    "build_dataset", "collate", "epoch_order", "seeded", "to_tensors",
 ]  # fmt: skip

@@ -36,9 +36,13 @@ def resolve_root(root: str | Path, *, marker: str, subdir: str) -> Path:
 
 
 def torch_derived_rng() -> np.random.Generator:
-    """A NumPy generator seeded from torch's global generator: in DataLoader workers torch seeds that per worker
-    from the loader's generator, so `torch.manual_seed(s)` makes augmentation reproducible for a fixed number
-    of workers. `seeded()` gives stronger guarantees (independent of workers and order)."""
+    """The fallback augmentation generator of `TaskDataset.get` when no `rng` is given: NumPy seeded from torch's
+    global generator, which DataLoader workers seed per worker from the loader's generator.
+
+    It stands outside the one seeding system of `sampling.py` on purpose -- a plain `ds[i]` or an unwrapped
+    DataLoader should still augment randomly -- so it is reproducible under `torch.manual_seed(s)` only for a fixed
+    number of workers. Training (`SeededSamples`) and `seeded()` always pass a generator derived with
+    `sampling.mix_seed` from (seed, stream position), which is independent of workers and order."""
     return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
 
 

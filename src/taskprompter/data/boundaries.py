@@ -2,61 +2,14 @@
 
 PASCAL edges are computed the way the released code does: the 4-neighbour Laplacian of the Context `LabelMap`
 (borders reflected) is non-zero, then the mask is thinned to one pixel with the thinning of MATLAB's
-``bwmorph(..., 'thin', Inf)`` (Lam, Lee & Suen 1992), implemented here with a 256-entry lookup table.
+``bwmorph(..., 'thin', Inf)`` (`thinning.py`, the same one the boundary metric thins predictions with).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def _neighbours(mask: np.ndarray) -> list[np.ndarray]:
-    """x1..x8 of every pixel: east, north-east, north, north-west, west, south-west, south, south-east
-    (counter-clockwise from east; north = previous row). Outside the image counts as 0."""
-    p = np.pad(mask, 1)
-    h, w = mask.shape
-    at = lambda dr, dc: p[1 + dr : 1 + dr + h, 1 + dc : 1 + dc + w]  # noqa: E731
-    return [at(0, 1), at(-1, 1), at(-1, 0), at(-1, -1), at(0, -1), at(1, -1), at(1, 0), at(1, 1)]
-
-
-def _thin_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For each 8-neighbourhood code (bit i-1 = x_i) whether the centre is deleted in sub-iteration 1 / 2."""
-    codes = np.arange(256)
-    x = [None] + [(codes >> i) & 1 for i in range(8)] + [None]  # x[1..8]
-    x[9] = x[1]  # x9 = x1 (cyclic)
-    # G1: crossing number X_H = 1
-    xh = sum(((1 - x[2 * i - 1]) & (x[2 * i] | x[2 * i + 1])) for i in range(1, 5))
-    # G2: 2 <= min(n1, n2) <= 3
-    n1 = sum((x[2 * k - 1] | x[2 * k]) for k in range(1, 5))
-    n2 = sum((x[2 * k] | x[2 * k + 1]) for k in range(1, 5))
-    m = np.minimum(n1, n2)
-    g12 = (xh == 1) & (m >= 2) & (m <= 3)
-    g3 = ((x[2] | x[3] | (1 - x[8])) & x[1]) == 0
-    g3p = ((x[6] | x[7] | (1 - x[4])) & x[5]) == 0
-    return g12 & g3, g12 & g3p
-
-
-_DELETE1, _DELETE2 = _thin_tables()
-
-
-def thin(mask: np.ndarray, max_iter: int | None = None) -> np.ndarray:
-    """Thin a binary mask to one-pixel-wide lines (bwmorph 'thin' to convergence). Returns bool (H, W)."""
-    out = np.asarray(mask, dtype=bool).copy()
-    it = 0
-    while max_iter is None or it < max_iter:
-        changed = False
-        for table in (_DELETE1, _DELETE2):
-            code = np.zeros(out.shape, dtype=np.int64)
-            for i, nb in enumerate(_neighbours(out)):
-                code |= nb.astype(np.int64) << i
-            delete = out & table[code]
-            if delete.any():
-                out &= ~delete
-                changed = True
-        it += 1
-        if not changed:
-            break
-    return out
+from .thinning import thin
 
 
 def laplacian_nonzero(labels: np.ndarray) -> np.ndarray:

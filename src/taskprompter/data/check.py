@@ -1,32 +1,19 @@
-"""`taskprompter check-data`: read every listed sample of a dataset and report *all* problems, each naming its file.
+"""Read every listed sample of a dataset and collect *all* problems, each naming its file (`taskprompter check-data`).
 
-Exit status 0 with a one-line summary when clean; 1 after listing every problem otherwise. Nothing is written.
+Nothing is written.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import TaskPrompterError
-from ..tasks import TASK_ORDER
 from .fileio import list_splits
 
 FORMATS = ("pascal_context", "nyud", "custom")
 SPLIT_DIRS = {"pascal_context": ("ImageSets/Context", "PASCALContext/ImageSets/Context"),
               "nyud": ("gt_sets", "NYUDv2/gt_sets"), "custom": ("splits",)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--format", required=True, choices=FORMATS, help="dataset layout")
-    parser.add_argument("--root", required=True, type=Path, help="dataset folder")
-    parser.add_argument("--split", action="append", default=None,
-                        help="split to check (repeatable); default: every split file found")
-    parser.add_argument("--tasks", nargs="+", choices=TASK_ORDER, default=None,
-                        help="tasks to check; default: every task of the format")
-    parser.add_argument("--max-print", type=int, default=200, help="print at most this many problems (all counted)")
 
 
 def find_splits(fmt: str, root: Path) -> list[str]:
@@ -66,16 +53,3 @@ def check_dataset(fmt: str, root: Path, splits: Sequence[str] | None = None,
                 problems.append(f"[{split}] {sample_id}: {message}")
             checked += 1
     return checked, problems
-
-
-def run(args: argparse.Namespace) -> int:
-    checked, problems = check_dataset(args.format, args.root, args.split, args.tasks)
-    for line in problems[: args.max_print]:
-        print(line)
-    if len(problems) > args.max_print:
-        print(f"... and {len(problems) - args.max_print} more")
-    if problems:
-        print(f"check-data: {len(problems)} problem(s) in {args.root} ({checked} sample(s) read)", file=sys.stderr)
-        return 1
-    print(f"check-data: {checked} sample(s) of {args.format} at {args.root} OK")
-    return 0

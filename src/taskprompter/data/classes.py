@@ -1,7 +1,8 @@
-"""Class tables and colour palettes of the two released datasets (names, ids, colours for visualisation).
+"""Class ids the readers need: PASCAL-Part person parts, the VOC person id, the 459 PASCAL-Context classes.
 
-- VOC (PASCAL-Context semseg, 21 classes, person = 15), PASCAL-Part human parts (7, background included),
-  NYUD-v2 40 classes (stored in the PNGs as id + 1, read as id; see `nyud.py`).
+- The released label sets' names and palettes (VOC 21, person = 15; PASCAL-Part 7, background included; NYU-40,
+  stored in the PNGs as id + 1, read as id, see `nyud.py`) live in `taskprompter.label_sets`, which the dataset
+  table in `taskprompter.tasks` reads; they are re-exported here.
 - The 459-class PASCAL-Context `LabelMap` names and the ids on which distilled normals are valid are embedded
   as JSON in `taskprompter/resources/` and loaded lazily.
 """
@@ -12,23 +13,15 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-import numpy as np
-
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
-
-PART_NAMES: tuple[str, ...] = ("background", "head", "torso", "upper arm", "lower arm", "upper leg", "lower leg")
-
-# NYU-Depth v2 40-class set (Gupta et al. 2013), in id order; index i is label i (stored as i + 1).
-NYU40_CLASSES: tuple[str, ...] = (
-    "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf", "picture",
-    "counter", "blinds", "desk", "shelves", "curtain", "dresser", "pillow", "mirror", "floor mat", "clothes",
-    "ceiling", "books", "refrigerator", "television", "paper", "towel", "shower curtain", "box", "whiteboard",
-    "person", "night stand", "toilet", "sink", "lamp", "bathtub", "bag", "otherstructure", "otherfurniture",
-    "otherprop",
-)  # fmt: skip
+from ..label_sets import (
+    NYU40_CLASSES,
+    NYU40_PALETTE,
+    PART_NAMES,
+    PART_PALETTE,
+    VOC_CLASSES,
+    VOC_PALETTE,
+    label_colormap,
+)
 
 # PASCAL-Part person part names -> the 6 parsing classes used by the released code (everything else 0).
 PERSON_PART_IDS: dict[str, int] = {
@@ -40,22 +33,6 @@ PERSON_PART_IDS: dict[str, int] = {
     **dict.fromkeys(("llleg", "rlleg", "lfoot", "rfoot"), 6),
 }
 VOC_PERSON = 15
-
-
-def label_colormap(n: int) -> np.ndarray:
-    """The PASCAL VOC colour map: colour of id i spreads i's bits over the high bits of R, G, B. (n, 3) uint8."""
-    ids = np.arange(n)
-    cmap = np.zeros((n, 3), dtype=np.int64)
-    for shift in range(8):
-        for channel in range(3):
-            bit = (ids >> (3 * shift + channel)) & 1
-            cmap[:, channel] |= bit << (7 - shift)
-    return cmap.astype(np.uint8)
-
-
-VOC_PALETTE: np.ndarray = label_colormap(256)[: len(VOC_CLASSES)]  # (21, 3) uint8, the standard VOC colours
-PART_PALETTE: np.ndarray = label_colormap(len(PART_NAMES))  # (7, 3) uint8
-NYU40_PALETTE: np.ndarray = label_colormap(len(NYU40_CLASSES) + 1)[1:]  # (40, 3); label i uses VOC colour i + 1
 
 
 def _resource(name: str) -> dict:
@@ -84,3 +61,9 @@ def context_id(name: str) -> int:
 
 
 NUM_CONTEXT_CLASSES = 459
+
+__all__ = [  # the label sets are re-exported: the readers' and the synthetic writer's import path
+    "NUM_CONTEXT_CLASSES", "NYU40_CLASSES", "NYU40_PALETTE", "PART_NAMES", "PART_PALETTE", "PERSON_PART_IDS",
+    "VOC_CLASSES", "VOC_PALETTE", "VOC_PERSON", "context_class_names", "context_id", "context_normals_valid_ids",
+    "label_colormap",
+]  # fmt: skip

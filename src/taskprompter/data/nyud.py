@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tasks import IGNORE_INDEX, NYUD_TASKS
+from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
 from .fileio import list_splits, read_depth_npy, read_image, read_label_png, read_normals_png, read_split
 from .sample import check_labels
@@ -28,7 +28,7 @@ class NYUD(TaskDataset):
     """NYUD-v2 multi-task reader: semseg (40), depth, normals, edge."""
 
     format = "nyud"
-    task_channels = dict(NYUD_TASKS)
+    task_channels = dict(DATASET_SPECS[format].tasks)
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None) -> None:
         root = resolve_root(root, marker="gt_sets", subdir="NYUDv2")
@@ -48,7 +48,8 @@ class NYUD(TaskDataset):
     def load_semseg(self, sample_id: str) -> np.ndarray:
         path = self.task_path("semseg", sample_id)
         stored = read_label_png(path, what="semseg")
-        check_labels(stored, task="semseg (stored NYU-40 id, 0 = unlabelled)", num_classes=41, path=path)
+        check_labels(stored, task="semseg (stored NYU-40 id, 0 = unlabelled)",
+                     num_classes=self.task_channels["semseg"] + 1, path=path)  # ids 1..40 and 0
         labels = stored - 1
         labels[stored == 0] = IGNORE_INDEX
         labels[stored == IGNORE_INDEX] = IGNORE_INDEX

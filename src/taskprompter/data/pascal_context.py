@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..tasks import IGNORE_INDEX, PASCAL_CONTEXT_TASKS
+from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
 from .boundaries import context_edges
 from .classes import NUM_CONTEXT_CLASSES, PERSON_PART_IDS, VOC_PERSON, context_normals_valid_ids
@@ -75,7 +75,7 @@ class PascalContext(TaskDataset):
     """PASCAL-Context multi-task reader: semseg (21), human_parts (7), sal (2), normals (3), edge (1)."""
 
     format = "pascal_context"
-    task_channels = dict(PASCAL_CONTEXT_TASKS)
+    task_channels = dict(DATASET_SPECS[format].tasks)
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None) -> None:
         root = resolve_root(root, marker="ImageSets", subdir="PASCALContext")

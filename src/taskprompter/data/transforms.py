@@ -1,8 +1,9 @@
 """Augmentation on the whole raw sample (NumPy, channels last), as the released training used it.
 
 Every transform is a callable `t(sample, rng) -> sample` taking a `numpy.random.Generator`; all randomness comes
-from that generator, so a sample's augmentation is fixed by how the generator was seeded (see `seeding.py`:
-`seeded(dataset, seed)` derives it from (seed, epoch, index)). Each modality's treatment is in two tables.
+from that generator, so a sample's augmentation is fixed by how the generator was seeded (see `sampling.py`: training
+and `seeded(dataset, seed)` derive it from (seed, position in the data stream)). Each modality's treatment is in
+two tables.
 """
 
 from __future__ import annotations

@@ -1,18 +1,14 @@
 """Processes: torchrun's environment switches DDP on; the same command runs as one plain process without it.
 
-Also the deterministic data order shared by training and resume: a global stream of sample positions cut into
-global batches, each process taking its slice, with every sample's augmentation seed derived from
-(seed, position) -- so one process with accumulation, N processes, and a resumed run all see the same samples with
-the same augmentation at the same step.
+Process handling only: joining the group, wrapping the model (DDP, synchronised BatchNorm), barriers and sums
+over processes. Which samples each process sees is `data/sampling.py`'s.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -167,62 +163,3 @@ def parameters_without_gradient(model: nn.Module, device: torch.device) -> list[
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
-
-# ------------------------------------------------------------------------------------------------- data order
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (seed, step, rank, ...) -- stable across machines and Python versions."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def epoch_permutation(num_samples: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng(mix_seed(seed, epoch, 0x5EED)).permutation(num_samples)
-
-
-def micro_batch_size(global_batch: int, world_size: int, accum_steps: int) -> int:
-    per_step = world_size * accum_steps
-    if global_batch % per_step:
-        raise ConfigError(f"train.batch_size={global_batch} is not divisible by processes ({world_size}) x "
-                          f"train.accum_steps ({accum_steps})")
-    return global_batch // per_step
-
-
-class StepBatches:
-    """For each optimiser step from ``start_step``: this process's ``accum_steps`` micro-batches of
-    (dataset index, augmentation seed) pairs.
-
-    Global position p = step * batch_size + j walks an endless stream made of per-epoch permutations
-    (epoch = p // n); process r takes positions [r*A*b, (r+1)*A*b) of each global batch, in ``accum_steps`` (A)
-    micro-batches of b. Nothing is padded or dropped, and the order depends only on (seed, step).
-    """
-
-    def __init__(self, num_samples: int, *, seed: int, batch_size: int, rank: int, world_size: int,
-                 accum_steps: int, start_step: int = 0) -> None:
-        if num_samples == 0:
-            raise ConfigError("the training split is empty")
-        self.n, self.seed, self.batch_size = num_samples, seed, batch_size
-        self.rank, self.world_size, self.accum = rank, world_size, accum_steps
-        self.micro = micro_batch_size(batch_size, world_size, accum_steps)
-        self.step = start_step
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _index(self, position: int) -> int:
-        epoch = position // self.n
-        if epoch not in self._perms:
-            self._perms = {epoch: epoch_permutation(self.n, self.seed, epoch)}  # keep one epoch in memory
-        return int(self._perms[epoch][position % self.n])
-
-    def positions(self, step: int) -> list[list[int]]:
-        first = step * self.batch_size + self.rank * self.accum * self.micro
-        return [[first + k * self.micro + i for i in range(self.micro)] for k in range(self.accum)]
-
-    def __iter__(self) -> Iterator[list[list[tuple[int, int]]]]:
-        while True:
-            yield [[(self._index(p), mix_seed(self.seed, p)) for p in micro] for micro in self.positions(self.step)]
-            self.step += 1
-
-
-def shard_indices(num_samples: int, rank: int, world_size: int) -> list[int]:
-    """Evaluation sharding: rank r takes r, r + W, r + 2W, ... -- each sample exactly once, no padding."""
-    return list(range(rank, num_samples, world_size))

@@ -11,12 +11,11 @@ uint8(p * 255), normals as PNG RGB, depth as .npy metres.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,19 +23,25 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..config import Config, apply_overrides, from_dict, load_config
+from ..data.sampling import shard_indices
 from ..errors import CheckpointError, ConfigError
-from ..tasks import TASKS, ordered_tasks
-from .distributed import Dist, init_distributed, shard_indices
+from ..inference import logits_to_map
+from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
+from .checkpoint import load_model
+from .distributed import Dist, cleanup_distributed, init_distributed
+
+if TYPE_CHECKING:
+    from ..metrics import MetricSpec
 
 
 def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root: str | None = None,
                   split: str = "train") -> dict[str, int]:
-    """{task: output channels} of the dataset's label sets, in the released task order (a ``custom`` dataset is
-    opened at ``root`` to read its channels)."""
-    from ..data import DATASET_TASKS, build_dataset
+    """{task: output channels} of the dataset's label sets (`tasks.DATASET_SPECS`), in the released task order (a
+    ``custom`` dataset is opened at ``root`` to read its channels)."""
+    from ..data import build_dataset
 
-    if dataset_format in DATASET_TASKS:
-        provided = DATASET_TASKS[dataset_format]
+    if dataset_format in DATASET_SPECS:
+        provided = DATASET_SPECS[dataset_format].tasks
     else:
         provided = build_dataset(dataset_format, root, split, list(tasks)).task_channels
     missing = [t for t in tasks if t not in provided]
@@ -56,32 +61,24 @@ def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
 
 
 def build_task_meters(tasks: Mapping[str, int], dataset_format: str) -> dict[str, Any]:
-    """Meters with the dataset's conventions; for other formats (custom) the class counts come from ``tasks``."""
-    from ..metrics import build_meter, build_meters
+    """Meters with the dataset's conventions (`tasks.DATASET_SPECS`); for other formats (custom) the class counts
+    come from ``tasks`` and the rest is generic."""
+    from ..metrics import CLASS_TASKS, build_meter, build_meters
 
-    if dataset_format in ("pascal_context", "nyud"):
+    if dataset_format in DATASET_SPECS:
         return build_meters(list(tasks), dataset=dataset_format)
-    return {t: build_meter(t, num_classes=c) if t in ("semseg", "human_parts") else build_meter(t)
-            for t, c in tasks.items()}
+    return {t: build_meter(t, num_classes=c) if t in CLASS_TASKS else build_meter(t) for t, c in tasks.items()}
 
 
-class _Spec:
-    def __init__(self, task: str, primary: str, higher_is_better: bool) -> None:
-        self.task, self.primary, self.higher_is_better = task, primary, higher_is_better
+def best_metric_spec(name: str, tasks: list[str]) -> MetricSpec:
+    """The metric that picks the best checkpoint: "task.metric", or auto = the first task's primary metric; its
+    direction comes from the task table (`tasks.higher_is_better`)."""
+    from ..metrics import MetricSpec
 
-
-def best_metric_spec(name: str, tasks: list[str]) -> _Spec:
-    """The metric that picks the best checkpoint: "task.metric", or auto = the first task's primary metric."""
-    from ..metrics import METRIC_SPECS
-
-    task, _, metric = (tasks[0], "", "") if name == "auto" else name.partition(".")
+    task, _, metric = (tasks[0], "", TASKS[tasks[0]].primary) if name == "auto" else name.partition(".")
     if task not in tasks:
         raise ConfigError(f"train.best_metric '{name}': task '{task}' is not trained (tasks: {tasks})")
-    spec = METRIC_SPECS[task]
-    if name == "auto" or metric == spec.primary:
-        return _Spec(task, spec.primary, spec.higher_is_better)
-    lower = metric in ("rmse", "log_rmse", "abs_rel", "sq_rel", "mean", "median")  # errors: lower is better
-    return _Spec(task, metric, not lower)
+    return MetricSpec(task, metric, higher_is_better(metric))
 
 
 def _unpad(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
@@ -98,7 +95,6 @@ def _unpad(logits: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
 def save_predictions(out_dir: Path, outputs: dict[str, torch.Tensor], metas: list[dict[str, Any]]) -> None:
     from PIL import Image
 
-    from ..inference import logits_to_map
 
     for task, logits in outputs.items():
         (out_dir / task).mkdir(parents=True, exist_ok=True)
@@ -153,11 +149,9 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
 
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """Aligned text table: one row per task, the primary metric first, then the other scalar metrics."""
-    from ..metrics import METRIC_SPECS
-
     lines = []
     for task, values in results.items():
-        primary = METRIC_SPECS[task].primary if task in METRIC_SPECS else next(iter(values), "")
+        primary = TASKS[task].primary if task in TASKS else next(iter(values), "")
         keys = [primary] + [k for k in values if k != primary and not k.startswith(("iou_", "class_"))]
         cells = "  ".join(f"{k} {values[k]:.4f}" if k == primary and task == "depth" else f"{k} {values[k]:.2f}"
                           for k in keys if k in values and isinstance(values[k], (int, float)))
@@ -166,56 +160,41 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or run directory -> last)")
-    parser.add_argument("--config", default=None, help="config (default: the one stored in the checkpoint)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
-                        help="override config values, e.g. --set data.root=/data/PASCALContext")
-    parser.add_argument("--split", default=None, help="split to evaluate (default: data.val_split)")
-    parser.add_argument("--save-predictions", default=None, metavar="DIR",
-                        help="write per-task predictions at the original image size (boundary PNGs for SEISM)")
-    parser.add_argument("--out", default=None,
-                        help="where metrics.json goes (default: <run>/eval-<checkpoint>-<split>)")
-    parser.add_argument("--batch-size", type=int, default=None, help="per-process batch (default: config)")
-    parser.add_argument("--device", default=None, help="cpu | cuda (default: config)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-
-    overrides = [item for group in args.overrides for item in group]
-    if args.device:
-        overrides.append(f"train.device={args.device}")
-    d = init_distributed("auto" if args.device is None else args.device)
-    model, ckpt = load_model(args.checkpoint, device=d.device)
-    if args.config is not None:
-        cfg = load_config(args.config, overrides)
-    elif ckpt.config:
-        where = f"{ckpt.path}/checkpoint.yaml"
-        cfg = from_dict(apply_overrides(ckpt.config, overrides), where)
-    else:
-        raise CheckpointError(f"{ckpt.path} stores no training config; pass --config (e.g. pascal_context_vit_b)")
-    tasks = {t: int(model.init_kwargs["tasks"][t]) for t in model.task_names}
-    if tuple(cfg.data.size) != tuple(model.img_size):  # evaluation pads to the model's input size
-        cfg = replace(cfg, data=replace(cfg.data, size=tuple(model.img_size)))
-    split = args.split or cfg.data.val_split
-    ds = build_eval_dataset(cfg, split, list(tasks))
-    results = evaluate(model, ds, tasks=tasks, dataset_format=cfg.data.format, dist=d,
-                       batch_size=args.batch_size or cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                       save_dir=args.save_predictions, progress=True)
-    if d.is_main:
-        print(f"{ckpt.path} (step {ckpt.step}) on {cfg.data.format}:{split}, {len(ds)} images")
-        print(format_table(results))
-        out = Path(args.out) if args.out else ckpt.path.parent / f"eval-{ckpt.path.name}-{split}"
-        out.mkdir(parents=True, exist_ok=True)
+def evaluate_checkpoint(checkpoint: str | Path, *, config: str | None = None,
+                        overrides: list[str] | tuple[str, ...] = (), split: str | None = None,
+                        save_predictions: str | Path | None = None,
+                        out: str | Path | None = None, batch_size: int | None = None, device: str | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Evaluate a checkpoint with every metric (under torchrun: sharded, meters all-reduced) and write
+    ``metrics.json`` into ``out`` (default ``<run>/eval-<checkpoint>-<split>``). The config is the one stored in the
+    checkpoint unless ``config`` is given; ``overrides`` are ``key=value`` strings on top. Returns the record
+    written, with ``"path"`` (None on processes other than the first)."""
+    overrides = list(overrides) + ([f"train.device={device}"] if device else [])
+    d = init_distributed("auto" if device is None else device)
+    try:
+        model, ckpt = load_model(checkpoint, device=d.device)
+        if config is not None:
+            cfg = load_config(config, overrides)
+        elif ckpt.config:
+            cfg = from_dict(apply_overrides(ckpt.config, overrides), f"{ckpt.path}/checkpoint.yaml")
+        else:
+            raise CheckpointError(f"{ckpt.path} stores no training config; pass --config (e.g. pascal_context_vit_b)")
+        tasks = {t: int(model.init_kwargs["tasks"][t]) for t in model.task_names}
+        if tuple(cfg.data.size) != tuple(model.img_size):  # evaluation pads to the model's input size
+            cfg = replace(cfg, data=replace(cfg.data, size=tuple(model.img_size)))
+        split = split or cfg.data.val_split
+        ds = build_eval_dataset(cfg, split, list(tasks))
+        results = evaluate(model, ds, tasks=tasks, dataset_format=cfg.data.format, dist=d,
+                           batch_size=batch_size or cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
+                           save_dir=save_predictions, progress=progress)
         record = {"checkpoint": str(ckpt.path), "step": ckpt.step, "dataset": cfg.data.format, "split": split,
-                  "num_samples": len(ds), "metrics": results}
-        (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out / 'metrics.json'}")
-    from .distributed import cleanup_distributed
-
-    cleanup_distributed()
-    return 0
+                  "num_samples": len(ds), "metrics": results, "path": None}
+        if d.is_main:
+            target = Path(out) if out else ckpt.path.parent / f"eval-{ckpt.path.name}-{split}"
+            target.mkdir(parents=True, exist_ok=True)
+            (target / "metrics.json").write_text(json.dumps({k: v for k, v in record.items() if k != "path"},
+                                                            indent=2) + "\n")
+            record["path"] = str(target / "metrics.json")
+        return record
+    finally:
+        cleanup_distributed()

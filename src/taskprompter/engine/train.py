@@ -1,6 +1,6 @@
 """`taskprompter train`: the training loop, one readable function.
 
-    taskprompter train --config configs/pascal_context_vit_b.yaml [--set optim.max_iters=200 ...] [--resume]
+    taskprompter train --config pascal_context_vit_b [--set optim.max_iters=200 ...] [--resume]
     torchrun --nproc_per_node 4 -m taskprompter train --config ...        # DDP, switched on by torchrun's env
 
 Determinism: the data order and every sample's augmentation come from (seed, global position), and torch's RNG
@@ -10,22 +10,23 @@ stopped -- on the CPU the final weights equal an uninterrupted run's, bit for bi
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from ..config import Config, load_config, to_dict
+from ..config import Config, to_dict
+from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
 from ..errors import CheckpointError, ConfigError, TaskPrompterError
+from ..model.build import build_variant
+from ..model.io import load_state_exactly
 from . import checkpoint as ck
 from . import distributed as dist_utils
-from .distributed import Dist, StepBatches, init_distributed, micro_batch_size, mix_seed, unwrap, wrap_model
+from .distributed import Dist, init_distributed, unwrap, wrap_model
 from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
 from .logging import RunLog, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
@@ -35,43 +36,14 @@ class NonFiniteLossError(TaskPrompterError):
     """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
 
 
-class SeededSamples(Dataset):
-    """``ds[(index, seed)]`` -> the sample with its augmentation drawn from ``default_rng(seed)``."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
-        index, seed = item
-        return self.dataset.get(index, np.random.default_rng(seed))
-
-
-def micro_batches(steps: StepBatches):
-    for step_batches in steps:
-        yield from step_batches
-
-
 def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
     """The configured preset with this run's tasks and input size (``model.overrides`` on top)."""
-    from ..model.build import preset_kwargs
-    from ..model.taskprompter import TaskPrompter
-    from ..model.variants import TaskSpecificEncoders
-
-    variants = {"taskprompter": TaskPrompter, "task_specific_encoders": TaskSpecificEncoders}
-    if cfg.model.variant not in variants:
-        raise ConfigError(f"model.variant '{cfg.model.variant}' is not one of {sorted(variants)}")
-    kwargs = preset_kwargs(cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size), **cfg.model.overrides)
-    try:
-        return variants[cfg.model.variant](**kwargs)
-    except TypeError as err:  # an override that is not a constructor argument
-        raise ConfigError(f"model.overrides: {err}") from err
+    return build_variant(cfg.model.variant, cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size),
+                         **cfg.model.overrides)
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
-    from ..model.backbone import load_vit_weights
+    from ..model.pretrained import load_vit_weights
 
     if not Path(path).is_file():
         raise ConfigError(f"model.pretrained: ViT weights not found: {path} (download them once, or train from "
@@ -127,7 +99,7 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
         start_step, best = 0, None
         if ckpt is not None:
             state = ckpt.train_state()
-            ck.load_model_state(model, ckpt.state_dict(), source=str(ckpt.path))
+            load_state_exactly(model, ckpt.state_dict(), source=str(ckpt.path))
             load_optimizer_state(optimizer, state["optimizer"], cfg.optim)
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -277,10 +249,7 @@ def _improves(value: float, best: dict | None, higher: bool) -> bool:
 def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, int], step: int, best, metrics,
           d: Dist) -> None:
     if d.is_main:
-        meta = {"step": step, "tasks": dict(tasks), "best": best, "metrics": _plain(metrics),
-                "model": {"class": ck.model_class_path(unwrap(model)), "preset": cfg.model.name,
-                          "init_kwargs": dict(unwrap(model).init_kwargs)},
-                "config": to_dict(cfg)}
+        meta = {"step": step, "tasks": dict(tasks), "best": best, "metrics": _plain(metrics), "config": to_dict(cfg)}
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -288,7 +257,7 @@ def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, in
                  "rng": rng, "best": best,
                  "data": {"seed": cfg.seed, "batch_size": cfg.train.batch_size, "world_size": d.world_size,
                           "accum_steps": cfg.train.accum_steps, "next_step": step}}
-        ck.save_checkpoint(path, model=unwrap(model), meta=meta, train_state=state)
+        ck.save_checkpoint(path, model=unwrap(model), meta=meta, train_state=state, preset=cfg.model.name)
     dist_utils.barrier()
 
 
@@ -306,27 +275,3 @@ def _progress(cfg: Config, d: Dist, start: int):
     from tqdm import tqdm
 
     return tqdm(total=cfg.optim.max_iters, initial=start, desc="train", dynamic_ncols=True, mininterval=1.0)
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML config (a path, or a shipped name such as "
-                        "pascal_context_vit_b)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
-                        help="override config values, e.g. --set optim.max_iters=200 data.root=data/synth")
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                        help="continue from <out_dir>/last (or the given checkpoint) exactly where it stopped")
-    parser.add_argument("--out", default=None, help="run directory (shortcut for --set train.out_dir=...)")
-
-
-def run(args: argparse.Namespace) -> int:
-    overrides = [item for group in args.overrides for item in group]
-    if args.out:
-        overrides.append(f"train.out_dir={args.out}")
-    cfg = load_config(args.config, overrides)
-    result = train(cfg, resume=args.resume)
-    if result["is_main"]:
-        print(f"done: {result['step']} iterations, checkpoints in {result['out_dir']}")
-    return 0

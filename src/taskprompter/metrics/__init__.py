@@ -11,35 +11,34 @@ docs/metrics.md gives each metric's definition and where the published and exact
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 from ..errors import ConfigError
-from ..tasks import NYUD_TASKS, PASCAL_CONTEXT_TASKS, check_task_names
+from ..tasks import DATASET_SPECS, DatasetSpec, check_task_names
 from .base import METRIC_SPECS, Meter, MetricSpec
-from .boundary import MAX_DIST, BoundaryMeter, evaluate_boundaries
+from .boundary import BoundaryMeter, evaluate_boundaries
 from .multitask import PAPER_STL_VITB_PASCAL, delta_m
 from .regression import DepthMeter, NormalsMeter
 from .saliency import SaliencyMeter
-from .segmentation import HUMAN_PARTS_CLASSES, NYU40_CLASSES, VOC_CLASSES, SegmentationMeter
+from .segmentation import SegmentationMeter, metric_names
 
 __all__ = [
     "Meter", "MetricSpec", "METRIC_SPECS", "METERS", "build_meter", "build_meters", "delta_m", "PAPER_STL_VITB_PASCAL",
     "evaluate_boundaries", "SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter", "BoundaryMeter",
 ]  # fmt: skip
 
-DATASET_CLASSES = {"pascal_context": PASCAL_CONTEXT_TASKS, "nyud": NYUD_TASKS}
-CLASS_NAMES = {("pascal_context", "semseg"): VOC_CLASSES, ("nyud", "semseg"): NYU40_CLASSES}
+CLASS_TASKS = ("semseg", "human_parts")  # tasks whose meters count classes (num_classes, class_names)
 
 
-def _semseg(**options) -> Meter:
-    options.setdefault("num_classes", 21)
-    return SegmentationMeter(task="semseg", **options)
-
-
-def _human_parts(**options) -> Meter:
-    options.setdefault("num_classes", len(HUMAN_PARTS_CLASSES))
-    if options["num_classes"] == len(HUMAN_PARTS_CLASSES):
-        options.setdefault("class_names", HUMAN_PARTS_CLASSES)
-    return SegmentationMeter(task="human_parts", **options)
+def _segmentation(task: str, **options) -> Meter:
+    """A segmentation meter; without num_classes, PASCAL-Context's class count for the task. Human-parts classes
+    are named whenever there are PASCAL-Part's 7 (the parts are the same wherever they are labelled); semantic
+    classes are named by build_meters, which knows the dataset."""
+    names = metric_names(DATASET_SPECS["pascal_context"].class_names[task])
+    options.setdefault("num_classes", len(names))
+    if task == "human_parts" and options["num_classes"] == len(names):
+        options.setdefault("class_names", names)
+    return SegmentationMeter(task=task, **options)
 
 
 def build_meter(task: str, **options) -> Meter:
@@ -52,30 +51,30 @@ def build_meter(task: str, **options) -> Meter:
 
 
 def build_meters(tasks: Iterable[str], *, dataset: str = "pascal_context") -> dict[str, Meter]:
-    """Meters for the tasks with the dataset's conventions (class count and names, boundary max_dist)."""
-    if dataset not in DATASET_CLASSES:
-        raise ConfigError(f"unknown dataset {dataset!r} for metrics; known: {sorted(DATASET_CLASSES)} "
+    """Meters for the tasks with the dataset's conventions from the table `tasks.DATASET_SPECS` (class count and
+    names, boundary max_dist)."""
+    if dataset not in DATASET_SPECS:
+        raise ConfigError(f"unknown dataset {dataset!r} for metrics; known: {sorted(DATASET_SPECS)} "
                           "(use build_meter with explicit options for others)")  # fmt: skip
     tasks = list(tasks)
     check_task_names(tasks)
-    meters: dict[str, Meter] = {}
-    for task in tasks:
-        options: dict = {}
-        if task in ("semseg", "human_parts"):
-            options["num_classes"] = DATASET_CLASSES[dataset].get(task, 21 if task == "semseg" else 7)
-            names = CLASS_NAMES.get((dataset, task))
-            if names is not None and len(names) == options["num_classes"]:
-                options["class_names"] = names
-        if task == "edge":
-            options["max_dist"] = MAX_DIST[dataset]
-        meters[task] = build_meter(task, **options)
-    return meters
+    return {task: build_meter(task, **dataset_options(task, DATASET_SPECS[dataset])) for task in tasks}
+
+
+def dataset_options(task: str, spec: DatasetSpec) -> dict:
+    """The options of `task`'s meter that follow the dataset (none for a task the dataset does not label)."""
+    if task == "edge":
+        return {"max_dist": spec.boundary_max_dist}
+    if task not in CLASS_TASKS or task not in spec.tasks:
+        return {}
+    names = spec.class_names.get(task)
+    return {"num_classes": spec.tasks[task], **({"class_names": metric_names(names)} if names else {})}
 
 
 METERS: dict[str, Callable[..., Meter]] = {
-    "semseg": _semseg,
+    "semseg": partial(_segmentation, "semseg"),
     "depth": DepthMeter,
-    "human_parts": _human_parts,
+    "human_parts": partial(_segmentation, "human_parts"),
     "sal": SaliencyMeter,
     "normals": NormalsMeter,
     "edge": BoundaryMeter,

@@ -1,4 +1,4 @@
-"""The Meter protocol every task's metric follows, and the table of primary metrics.
+"""The Meter protocol every task's metric follows, and the primary metrics (a view of `taskprompter.tasks`).
 
 A meter accumulates sums over a dataset, never per-image means, so that:
   * splitting the data into batches (or processes) in any way gives the same numbers, and
@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..tasks import TASKS, higher_is_better
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -37,8 +39,15 @@ class Meter:
     """Base class: subclasses keep their state as float64 tensors listed in `state_tensors()`."""
 
     task: str = ""
-    primary: str = ""
-    higher_is_better: bool = True
+
+    @property
+    def primary(self) -> str:
+        """The task's primary metric (from the task table)."""
+        return TASKS[self.task].primary
+
+    @property
+    def higher_is_better(self) -> bool:
+        return higher_is_better(self.primary)
 
     def update(self, output: Tensor, target: Tensor) -> None:
         raise NotImplementedError
@@ -92,12 +101,7 @@ def check_spatial(output: Tensor, target: Tensor, name: str) -> None:
         )
 
 
-# The metric of each task that ranks checkpoints and enters Delta_m (the paper's table columns).
+# The metric of each task that ranks checkpoints and enters Delta_m (the paper's table columns), from the task table.
 METRIC_SPECS: dict[str, MetricSpec] = {
-    "semseg": MetricSpec("semseg", "mIoU", True),
-    "depth": MetricSpec("depth", "rmse", False),
-    "human_parts": MetricSpec("human_parts", "mIoU", True),
-    "sal": MetricSpec("sal", "maxF", True),
-    "normals": MetricSpec("normals", "mean", False),
-    "edge": MetricSpec("edge", "odsF", True),
+    task: MetricSpec(task, spec.primary, spec.higher_is_better) for task, spec in TASKS.items()
 }

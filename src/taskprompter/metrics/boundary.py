@@ -26,14 +26,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.thinning import thin
+from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import Meter, as_labels, check_spatial
 from .boundary_nms import nms_boundaries
 from .matching import CandidateGraph
-from .thinning import thin
 
 # The published 101 thresholds: 0.001, 0.01, 0.02, ..., 0.99, 0.999.
 SEISM_THRESHOLDS = np.array([0.001] + [k / 100 for k in range(1, 100)] + [0.999])
-MAX_DIST = {"pascal_context": 0.0075, "nyud": 0.011}
+# Tolerance when no dataset is named (evaluate_boundaries, custom datasets): PASCAL-Context's. Per dataset: the table.
+DEFAULT_MAX_DIST: float = DATASET_SPECS["pascal_context"].boundary_max_dist
 
 
 def make_thresholds(thresholds: int | Sequence[float] | np.ndarray = 101) -> np.ndarray:
@@ -109,7 +111,7 @@ def summarize(threshold_counts: np.ndarray, ois_counts: np.ndarray) -> dict[str,
 def evaluate_boundaries(
     preds: Sequence[np.ndarray],
     gts: Sequence[np.ndarray],
-    max_dist: float = 0.0075,
+    max_dist: float = DEFAULT_MAX_DIST,
     thresholds: int | Sequence[float] = 101,
     nms: bool = True,
 ) -> dict[str, float]:
@@ -140,17 +142,15 @@ class BoundaryMeter(Meter):
     """
 
     task = "edge"
-    primary = "odsF"
-    higher_is_better = True
 
     def __init__(
         self,
         *,
-        max_dist: float = 0.0075,
+        max_dist: float = DEFAULT_MAX_DIST,
         thresholds: int | Sequence[float] = 101,
         nms: bool = True,
         quantize: bool = True,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
         self.max_dist = max_dist
         self.thresholds = make_thresholds(thresholds)

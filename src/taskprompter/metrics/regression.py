@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..tasks import IGNORE_INDEX
 from .base import Meter, check_spatial
 
 NORMALS_HIST_BINS = 18000  # 0.01 degree bins over [0, 180]
@@ -33,8 +34,6 @@ def _as_map(target: Tensor, channels: int, name: str) -> Tensor:
 
 class DepthMeter(Meter):
     task = "depth"
-    primary = "rmse"
-    higher_is_better = False
 
     def __init__(self, *, max_depth: float = 80.0, min_pred: float = 1e-9) -> None:
         self.max_depth = max_depth
@@ -80,8 +79,6 @@ def angular_error(pred: Tensor, target: Tensor) -> Tensor:
 
 class NormalsMeter(Meter):
     task = "normals"
-    primary = "mean"
-    higher_is_better = False
 
     def __init__(self) -> None:
         self.sums = torch.zeros(6, dtype=torch.float64)  # [n, sum err, sum err^2, n < 11.25, n < 22.5, n < 30]
@@ -94,7 +91,7 @@ class NormalsMeter(Meter):
     def update(self, output: Tensor, target: Tensor) -> None:
         target = _as_map(target, 3, "normals")
         check_spatial(output, target, "normals")
-        valid = (target != 0).any(1) & ~(target == 255).all(1) & torch.isfinite(target).all(1)  # (B, H, W)
+        valid = (target != 0).any(1) & ~(target == IGNORE_INDEX).all(1) & torch.isfinite(target).all(1)  # (B, H, W)
         pred = output.float().permute(0, 2, 3, 1)[valid]  # (N, 3)
         gt = target.permute(0, 2, 3, 1)[valid]
         err = angular_error(pred, gt)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..tasks import IGNORE_INDEX
 from .base import Meter, as_labels, check_spatial
 
 
@@ -35,10 +36,8 @@ def max_f(counts: Tensor, beta_squared: float = 0.3) -> float:
 
 class SaliencyMeter(Meter):
     task = "sal"
-    primary = "maxF"
-    higher_is_better = True
 
-    def __init__(self, *, beta_squared: float = 0.3, ignore_index: int = 255) -> None:
+    def __init__(self, *, beta_squared: float = 0.3, ignore_index: int = IGNORE_INDEX) -> None:
         self.beta_squared = beta_squared
         self.ignore_index = ignore_index
         self.published_thresholds = torch.arange(0.05, 1, 0.05)  # float32, 19 values, as released

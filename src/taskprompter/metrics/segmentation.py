@@ -11,30 +11,22 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..data import classes as _classes
 from ..errors import DataError
+from ..tasks import IGNORE_INDEX
 from .base import Meter, as_labels, check_spatial
 
 
-def _key(name: str) -> str:
-    return name.replace(" ", "_")  # metric keys: iou_floor_mat, iou_upper_arm
-
-
-# Class names as metric keys, from the data package's tables (one source of truth).
-VOC_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.VOC_CLASSES)
-HUMAN_PARTS_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.PART_NAMES)
-NYU40_CLASSES: tuple[str, ...] = tuple(_key(n) for n in _classes.NYU40_CLASSES)
+def metric_names(class_names: Sequence[str]) -> tuple[str, ...]:
+    """The dataset table's class names as metric keys: iou_floor_mat, iou_upper_arm."""
+    return tuple(name.replace(" ", "_") for name in class_names)
 
 
 class SegmentationMeter(Meter):
     """mIoU x 100, pixel_acc x 100 and iou_<class> x 100 from a (C, C) confusion matrix (rows: ground truth)."""
 
-    primary = "mIoU"
-    higher_is_better = True
-
     def __init__(
         self, *, num_classes: int, task: str = "semseg", class_names: Sequence[str] | None = None,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:  # fmt: skip
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{task}: {len(class_names)} class names for {num_classes} classes")

@@ -1,18 +1,27 @@
-"""Presets: the released configurations, their paper-fidelity counterparts, ViT-S (Table 6) and small CPU models.
+"""Presets and the model registry.
 
-``build_model(name, tasks=None, img_size=None, **overrides)`` builds a preset; ``MODELS`` maps each name to its
-builder. Every builder takes the TaskPrompter keyword arguments as overrides.
+Presets are plain data: the released configurations, their paper-fidelity counterparts, ViT-S (Table 6) and small
+CPU models. ``build_model(name, tasks=None, img_size=None, **overrides)`` builds one; ``MODELS`` maps each name to its
+builder. ``MODEL_CLASSES`` is the registry of the project's model classes that a model directory's ``class`` may name,
+and ``load_model(path)`` rebuilds whichever of them a directory holds (``io.py``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from ..errors import ConfigError
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
 from ..tasks import NYUD_TASKS, PASCAL_CONTEXT_TASKS
+from .encoder import hp_levels
+from .io import read_model_config, resolve_model_dir
 from .taskprompter import TaskPrompter
+from .variants import TaskSpecificEncoders
 
 # ViT sizes: (embed_dim C, depth, num_heads nH)
 VIT_TINY = dict(embed_dim=64, depth=4, num_heads=2)
@@ -24,11 +33,6 @@ PASCAL = dict(tasks=PASCAL_CONTEXT_TASKS, img_size=(512, 512))
 NYUD = dict(tasks=NYUD_TASKS, img_size=(448, 576))
 
 
-def _hp(depth: int, levels: int = 4) -> tuple[int, ...]:
-    """Hierarchical Prompting levels chosen evenly over depth (Fig. 7): 4 levels of ViT-B -> (3, 6, 9, 12)."""
-    return tuple(depth * k // levels for k in range(1, levels + 1))
-
-
 def _paper(**kwargs: Any) -> dict[str, Any]:
     """Paper-fidelity counterpart: Section 3 literally. Without the 1x1 prompting projections the prompted features
     keep C channels and Eq. 8 halves the concatenated 2C to C, so the fused width is C."""
@@ -38,31 +42,33 @@ def _paper(**kwargs: Any) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     # released configurations (released-code.md section 3)
     "taskprompter_vit_l_pascal": dict(**VIT_L, **PASCAL, channel_heads=1, decoder_dim=300, final_dim=350,
-                                      cross_task_reweighting=True, decode_blocks=_hp(24)),
+                                      cross_task_reweighting=True, decode_blocks=hp_levels(24, 4)),
     "taskprompter_vit_b_pascal": dict(**VIT_B, **PASCAL, channel_heads=16, decoder_dim=780, final_dim=1024,
-                                      cross_task_reweighting=True, decode_blocks=_hp(12)),
+                                      cross_task_reweighting=True, decode_blocks=hp_levels(12, 4)),
     "taskprompter_vit_l_nyud": dict(**VIT_L, **NYUD, channel_heads=16, decoder_dim=768, final_dim=768,
-                                    cross_task_reweighting=False, decode_blocks=_hp(24)),
+                                    cross_task_reweighting=False, decode_blocks=hp_levels(24, 4)),
     # not released: ViT-B on NYUD with the PASCAL ViT-B decoder widths and the NYUD switches (our choice)
     "taskprompter_vit_b_nyud": dict(**VIT_B, **NYUD, channel_heads=16, decoder_dim=780, final_dim=1024,
-                                    cross_task_reweighting=False, decode_blocks=_hp(12)),
+                                    cross_task_reweighting=False, decode_blocks=hp_levels(12, 4)),
     # ViT-S of Table 6. Its widths are not published, and no (e, f) reproduces both of Table 6's sizes (132 M,
     # 205 G) with the released structure; e = f = C = 384 (79.4 M, 183.2 G) is our choice (docs/fidelity.md).
     "taskprompter_vit_s_pascal": dict(**VIT_S, **PASCAL, channel_heads=16, decoder_dim=384, final_dim=384,
-                                      cross_task_reweighting=True, decode_blocks=_hp(12)),
+                                      cross_task_reweighting=True, decode_blocks=hp_levels(12, 4)),
     # CPU models: tests (tiny) and the demo (small)
     "taskprompter_tiny": dict(**VIT_TINY, tasks=PASCAL_CONTEXT_TASKS, img_size=(64, 64), channel_heads=4,
-                              decoder_dim=32, final_dim=32, cross_task_reweighting=True, decode_blocks=_hp(4),
+                              decoder_dim=32, final_dim=32, cross_task_reweighting=True,
+                              decode_blocks=hp_levels(4, 4),
                               drop_path_rate=0.0),
     "taskprompter_small": dict(embed_dim=128, depth=6, num_heads=4, tasks=PASCAL_CONTEXT_TASKS, img_size=(128, 160),
                                channel_heads=4, decoder_dim=64, final_dim=64, cross_task_reweighting=True,
                                decode_blocks=(2, 4, 6), drop_path_rate=0.05),
     # the benchmark configurations of docs/performance.md (A: ViT-S at 384, C: a small CPU model)
     "taskprompter_bench_a": dict(**VIT_S, tasks=PASCAL_CONTEXT_TASKS, img_size=(384, 384), channel_heads=16,
-                                 decoder_dim=192, final_dim=256, cross_task_reweighting=True, decode_blocks=_hp(12)),
+                                 decoder_dim=192, final_dim=256, cross_task_reweighting=True,
+                                 decode_blocks=hp_levels(12, 4)),
     "taskprompter_bench_c": dict(embed_dim=192, depth=12, num_heads=3, tasks=PASCAL_CONTEXT_TASKS,
                                  img_size=(128, 128), channel_heads=4, decoder_dim=64, final_dim=64,
-                                 cross_task_reweighting=True, decode_blocks=_hp(12)),
+                                 cross_task_reweighting=True, decode_blocks=hp_levels(12, 4)),
 }
 for _name in ("taskprompter_vit_l_pascal", "taskprompter_vit_b_pascal", "taskprompter_vit_l_nyud",
               "taskprompter_vit_s_pascal"):
@@ -85,7 +91,46 @@ def preset_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
 def build_model(name: str, tasks: Mapping[str, int] | None = None, img_size: tuple[int, int] | None = None,
                 **overrides: Any) -> TaskPrompter:
     """Build a preset by name; ``tasks``, ``img_size`` and any TaskPrompter keyword override the preset's."""
-    return TaskPrompter(**preset_kwargs(name, tasks=tasks, img_size=img_size, **overrides))
+    model = TaskPrompter(**preset_kwargs(name, tasks=tasks, img_size=img_size, **overrides))
+    model.preset = name  # recorded by save_pretrained
+    return model
+
+
+def build_variant(variant: str, preset: str, **overrides: Any) -> nn.Module:
+    """A preset built as one of ``VARIANTS`` (config ``model.variant``): the TaskPrompter itself, or "w/ TE"."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"model.variant '{variant}' is not one of {sorted(VARIANTS)}")
+    kwargs = preset_kwargs(preset, **overrides)
+    try:
+        model = VARIANTS[variant](**kwargs)
+    except TypeError as err:  # an override that is not a constructor argument
+        raise ConfigError(f"model.overrides: {err}") from err
+    model.preset = preset
+    return model
+
+
+def list_models() -> list[str]:
+    """The preset names, sorted."""
+    return sorted(PRESETS)
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+    """The model saved at ``path`` (model directory, file in it, or run directory -> ``last``), whichever registered
+    class it holds, in eval mode. A class name outside ``MODEL_CLASSES`` is refused before anything is called."""
+    directory = resolve_model_dir(path)
+    name = read_model_config(directory)["class"]
+    if name not in MODEL_CLASSES:
+        raise CheckpointError(f"{directory} names model class {name!r}, which is not one of the registered model "
+                              f"classes {sorted(MODEL_CLASSES)}; refusing to build it")
+    return MODEL_CLASSES[name].from_pretrained(directory, device=device, **overrides)
 
 
 MODELS: dict[str, Callable[..., TaskPrompter]] = {name: partial(build_model, name) for name in PRESETS}
+
+VARIANTS: dict[str, type[nn.Module]] = {"taskprompter": TaskPrompter, "task_specific_encoders": TaskSpecificEncoders}
+
+# the classes a model directory's config.yaml may name (io.py); add every model class the project defines
+MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "TaskPrompter": TaskPrompter,
+    "TaskSpecificEncoders": TaskSpecificEncoders,
+}

@@ -11,49 +11,16 @@ and windows; ``attention_impl="naive"`` keeps the released code's loops for test
 
 from __future__ import annotations
 
-import contextlib
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+from torch.utils.checkpoint import checkpoint
 
 from .prompt_block import Affinity
-
-
-def checkpoint_contexts(module: nn.Module, keep: tuple = ()) -> tuple[contextlib.AbstractContextManager, ...]:
-    """``context_fn`` for ``torch.utils.checkpoint`` of a module with BatchNorm.
-
-    The forward updates the running statistics once; the recomputation in the backward pass runs with momentum 0
-    (statistics kept) and restores the batch counters, so a checkpointed model trains exactly as one without.
-    ``keep``: aten ops whose outputs are saved rather than recomputed (selective checkpointing): with the
-    convolutions kept, only the cheap elementwise ops, norms and upsampling are run again.
-    """
-    forward, inner = contextlib.nullcontext(), contextlib.nullcontext()
-    if keep:
-        def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-            return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-
-        forward, inner = create_selective_checkpoint_contexts(policy)
-
-    @contextlib.contextmanager
-    def recompute():
-        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
-        for m in norms:
-            m.momentum = 0.0
-        try:
-            with inner:
-                yield
-        finally:
-            for m, (momentum, count) in zip(norms, saved):
-                m.momentum = momentum
-                if count is not None:
-                    m.num_batches_tracked.copy_(count)
-
-    return forward, recompute()
+from .recompute import checkpoint_contexts
 
 
 def _fusion(kind: str, in_dim: int, out_dim: int) -> nn.Sequential:

@@ -10,15 +10,15 @@ counted in the parameters, as the paper does. Verb: ``taskprompter profile --pre
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+from .build import build_variant, preset_kwargs
 from .prompt_block import SpatialChannelPromptAttention
 from .taskprompter import TaskPrompter
 
@@ -83,38 +83,21 @@ def profile_model(model_factory, batch: int = 1) -> dict[str, Any]:
     }
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", required=True, help="model preset, e.g. taskprompter_vit_l_pascal")
-    parser.add_argument("--tasks", help="comma-separated subset of the preset's tasks, e.g. semseg,normals")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="input size (default: preset's)")
-    parser.add_argument("--json", action="store_true", help="print JSON: {params, macs, ...}")
-
-
-def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from .build import preset_kwargs
-
-    kwargs = preset_kwargs(args.preset, img_size=tuple(args.img_size) if args.img_size else None)
-    if args.tasks:
-        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
-        unknown = [t for t in names if t not in kwargs["tasks"]]
+def profile_preset(preset: str, *, tasks: Sequence[str] | None = None,
+                   img_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``profile_model`` of a preset, optionally on a subset of its tasks (in the order given) or another input
+    size; the result also names the preset."""
+    kwargs = preset_kwargs(preset, img_size=img_size)
+    if tasks:
+        unknown = [t for t in tasks if t not in kwargs["tasks"]]
         if unknown:
-            raise ConfigError(f"tasks {unknown} are not in preset {args.preset} (it has {list(kwargs['tasks'])})")
-        kwargs["tasks"] = {t: kwargs["tasks"][t] for t in names}
-    result = profile_model(lambda: TaskPrompter(**kwargs))
-    result["preset"] = args.preset
-    if args.json:
-        print(json.dumps(result, indent=1))
-        return 0
-    print(f"{args.preset}  tasks={','.join(result['tasks'])}  input={result['img_size'][0]}x{result['img_size'][1]}")
-    print(f"{'component':36s} {'params (M)':>12s} {'MACs (G)':>12s}")
-    for comp in sorted(set(result["params_by_component"]) | set(result["macs_by_component"])):
-        p = result["params_by_component"].get(comp, 0) / 1e6
-        m = result["macs_by_component"].get(comp, 0) / 1e9
-        print(f"{comp:36s} {p:12.2f} {m:12.2f}")
-    print(f"{'total':36s} {result['params'] / 1e6:12.2f} {result['macs'] / 1e9:12.2f}")
-    return 0
+            raise ConfigError(f"tasks {unknown} are not in preset {preset} (it has {list(kwargs['tasks'])})")
+        kwargs["tasks"] = {t: kwargs["tasks"][t] for t in tasks}
+    return {**profile_model(lambda: TaskPrompter(**kwargs)), "preset": preset}
 
 
-def format_counts(result: Mapping[str, Any]) -> str:
-    return f"{result['params'] / 1e6:.1f} M parameters, {result['macs'] / 1e9:.1f} G MACs"
+def count_parameters(preset: str) -> int:
+    """Parameters of a preset, counted on the meta device (nothing allocated)."""
+    with torch.device("meta"):
+        model = build_variant("taskprompter", preset)
+    return sum(p.numel() for p in model.parameters())

@@ -23,15 +23,37 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .backbone import DropPath, Mlp
+from .layers import DropPath, Mlp
 
 
 class Affinity(NamedTuple):
-    """What one layer hands to the decoder (prompt rows only). Logits or probabilities, per ``decode_affinity``."""
+    """What one layer hands to the decoder (prompt rows only).
+
+    ``probs`` says what the tensors hold, per ``decode_affinity``: False -- the unscaled q.k^T logits (the released
+    code decodes with these) -- or True -- the softmax attention maps (paper mode): the spatial rows softmaxed over
+    all T+N keys with ``spatial_scale``, the channel rows over the C channels with ``channel_scale``.
+    ``spatial_over_tokens`` and ``channel_over_channels`` give the same maps from either kind (figures, predict).
+    """
 
     spatial: Tensor | None  # (B, nH, T, N)      prompt rows of A^s over patch tokens      (Eq. 6)
     cross_task: Tensor | None  # (B, nH, T, T)   prompt rows of A^s over prompts           (reweighting)
     channel: Tensor | None  # (B, T, C, nh, nw)  A^c, one channel vector per window          (Eq. 7)
+    probs: bool = False  # False: logits; True: probabilities
+    spatial_scale: float = 1.0  # d^-1/2 of the spatial softmax
+    channel_scale: float = 1.0  # (N/K)^-1/2 of the channel softmax
+
+    def spatial_over_tokens(self) -> Tensor:
+        """(B, nH, T, N): each head's attention of each task prompt over the N patch tokens -- the softmax of the
+        scaled logits, renormalised over the patch tokens (the prompts' own columns left out)."""
+        a = self.spatial.float()
+        if self.probs:
+            return a / a.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(a.dtype).tiny)
+        return (a * self.spatial_scale).softmax(dim=-1)
+
+    def channel_over_channels(self) -> Tensor:
+        """(B, T, C, nh, nw): each channel prompt's attention over the C channels, per window."""
+        a = self.channel.float()
+        return a if self.probs else (a * self.channel_scale).softmax(dim=2)
 
 
 def window_grid(grid: tuple[int, int], channel_heads: int) -> tuple[int, int]:
@@ -113,7 +135,8 @@ class SpatialChannelPromptAttention(nn.Module):
                 channel = (channel * self.channel_scale).softmax(dim=-1)
             nh, nw = self.windows
             channel = rearrange(channel, "b (nh nw) t c -> b t c nh nw", nh=nh, nw=nw)  # (B, T, C, nh, nw)
-        return out, Affinity(spatial, cross, channel)
+        return out, Affinity(spatial, cross, channel, probs=self.decode_affinity == "probs", spatial_scale=self.scale,
+                             channel_scale=getattr(self, "channel_scale", 1.0))
 
     # ------------------------------------------------------------------------------------------------ spatial
     def _prompt_row_affinity(self, logits: Tensor) -> Tensor:

@@ -1,4 +1,5 @@
-"""TaskPrompter (Fig. 1): prompt embedding (Sec. 3.1), prompt-learning layers (3.2), prompt decoding (3.3), heads."""
+"""TaskPrompter (Fig. 1): the prompted encoder (Sec. 3.1-3.2), dense prompt decoding (3.3) and the task heads,
+assembled into ``model(images) -> {task: logits}``."""
 
 from __future__ import annotations
 
@@ -10,64 +11,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..tasks import ordered_tasks
-from .backbone import PatchEmbed
-from .decoder import HierarchicalPromptDecoder, checkpoint_contexts
+from .decoder import HierarchicalPromptDecoder
+from .encoder import PromptViT, hp_levels
 from .fidelity import resolve_fidelity
 from .heads import HEAD_SCALE, TaskHead, upsampled_logits
-from .prompt_block import Affinity, PromptBlock, window_grid
+from .io import PretrainedMixin
+from .prompt_block import Affinity, window_grid
+from .recompute import KEEP_OPS, RECOMPUTE_MODES, checkpoint_contexts, selective_recompute_wanted
 from .upsample_conv import shifted_interpolation
 
-KEEP_OPS = (torch.ops.aten.convolution.default,)  # selective recomputation keeps these outputs
-# selective_recompute="auto": recompute where the features a decoder level or a head works on exceed this size --
-# below it, the per-operation cost of the recomputation machinery outweighs the memory it frees
-RECOMPUTE_MIN_BYTES = 4 * 2**20
-RECOMPUTE_MODES = ("auto", "on", "off")
 
-
-class PromptViT(nn.Module):
-    """The encoder: a ViT whose token sequence starts with one learnable prompt per task (Eq. 1).
-
-    Parameter names are timm's (plus ``prompts``), so ImageNet ViT weights load directly. The position table keeps
-    the unused cls slot of the pretrained ViTs, (1, 1+N, C); prompts get no position embedding.
-    """
-
-    def __init__(self, *, num_tasks: int, grid: tuple[int, int], patch_size: int, embed_dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float, drop_path_rate: float, use_prompts: bool,
-                 grad_checkpointing: bool, **attn_kwargs) -> None:
-        super().__init__()
-        self.grid, self.num_tasks = grid, num_tasks if use_prompts else 0
-        self.grad_checkpointing = grad_checkpointing
-        N = grid[0] * grid[1]
-        self.patch_embed = PatchEmbed(patch_size=patch_size, embed_dim=embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + N, embed_dim))
-        if self.num_tasks:
-            self.prompts = nn.Parameter(torch.empty(self.num_tasks, embed_dim))  # P (T, C)   Sec. 3.1
-        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth 0 -> rate
-        self.blocks = nn.ModuleList(
-            PromptBlock(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path=rates[i],
-                        num_tasks=self.num_tasks, grid=grid, **attn_kwargs) for i in range(depth))
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-
-    def forward(self, images: Tensor, decode_blocks: Sequence[int]) -> list[tuple[Tensor, Affinity | None]]:
-        """images (B, 3, H, W) -> [(tokens X' (B, N, C), Affinity)] after each block in ``decode_blocks`` (1-based);
-        a level at the last block gets the final-normed tokens with the last block's affinities."""
-        x = self.patch_embed(images) + self.pos_embed[:, 1:]  # (B, N, C)
-        T = self.num_tasks
-        z = torch.cat([self.prompts.expand(x.shape[0], -1, -1), x], dim=1) if T else x  # Z_0 (B, T+N, C)   Eq. 1
-        levels = []
-        for i, block in enumerate(self.blocks[:max(decode_blocks)], start=1):  # later blocks would feed nothing
-            need = i in decode_blocks
-            if self.grad_checkpointing and self.training:
-                z, affinity = checkpoint(block, z, need, use_reentrant=False)
-            else:
-                z, affinity = block(z, need)
-            if need:
-                tokens = z[:, T:]  # (B, N, C)
-                levels.append((self.norm(tokens) if i == len(self.blocks) else tokens, affinity))
-        return levels
-
-
-class TaskPrompter(nn.Module):
+class TaskPrompter(PretrainedMixin, nn.Module):
     """Multi-task dense prediction from one prompted ViT: ``model(images) -> {task: (B, C_t, H, W) logits}``.
 
     ``tasks`` maps task name to output channels (e.g. ``{"semseg": 21, "normals": 3}``); prompts follow the released
@@ -110,9 +64,7 @@ class TaskPrompter(nn.Module):
         if H % patch_size or W % patch_size:
             raise ValueError(f"img_size {H}x{W} is not a multiple of patch_size {patch_size}")
         self.grid = (H // patch_size, W // patch_size)
-        n_levels = min(4, depth)  # default: Hierarchical Prompting over 4 levels spread evenly over depth
-        decode_blocks = tuple(decode_blocks) if decode_blocks else tuple(depth * k // n_levels
-                                                                        for k in range(1, n_levels + 1))
+        decode_blocks = tuple(decode_blocks) if decode_blocks else hp_levels(depth, min(4, depth))  # default: HP
         if sorted(set(decode_blocks)) != list(decode_blocks) or not all(1 <= b <= depth for b in decode_blocks):
             raise ValueError(f"decode_blocks must be increasing block counts in 1..{depth}, got {decode_blocks}")
         self.decode_blocks = decode_blocks
@@ -172,8 +124,7 @@ class TaskPrompter(nn.Module):
         size of the features the decoder level or head works on, for ``"auto"``."""
         if self.attention_impl != "efficient" or not (self.training and torch.is_grad_enabled()):
             return False
-        mode = self.selective_recompute
-        return mode == "on" or (mode == "auto" and nbytes >= RECOMPUTE_MIN_BYTES)
+        return selective_recompute_wanted(self.selective_recompute, nbytes)
 
     def forward(self, images: Tensor, *, return_affinities: bool = False
                 ) -> dict[str, Tensor] | tuple[dict[str, Tensor], list[Affinity | None]]:

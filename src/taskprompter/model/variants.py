@@ -18,16 +18,13 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .encoder import hp_levels
+from .io import PretrainedMixin
 from .taskprompter import TaskPrompter
 
+__all__ = ["ABLATION_STAGES", "TaskSpecificEncoders", "ablation_kwargs", "hp_levels", "single_task_model"]
+
 ABLATION_STAGES: tuple[str, ...] = ("baseline", "sprompt", "sprompt_cprompt", "rw", "hp")
-
-
-def hp_levels(depth: int, levels: int) -> tuple[int, ...]:
-    """Hierarchical Prompting with ``levels`` levels chosen evenly over depth (Fig. 7; 1 = the last layer only)."""
-    if not 1 <= levels <= depth:
-        raise ConfigError(f"levels must be in 1..{depth}, got {levels}")
-    return tuple(depth * k // levels for k in range(1, levels + 1))
 
 
 def ablation_kwargs(stage: str, *, depth: int) -> dict[str, Any]:
@@ -53,7 +50,7 @@ def single_task_model(task: str, channels: int, **kwargs: Any) -> TaskPrompter:
     return TaskPrompter(tasks={task: channels}, **kwargs)
 
 
-class TaskSpecificEncoders(nn.Module):
+class TaskSpecificEncoders(PretrainedMixin, nn.Module):
     """"TaskPrompter w/ TE" (Table 6): one encoder per task, each with its single task prompt and its own decoding;
     no task-generic features and no cross-task interaction."""
 

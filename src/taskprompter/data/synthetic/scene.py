@@ -13,7 +13,7 @@ import numpy as np
 
 from .raycast import Solid
 
-# Synthetic class indices (see synthetic.CLASSES).
+# Synthetic class indices (see render.CLASSES).
 FLOOR, WALL, CEILING, BOX, SPHERE, CYLINDER, PERSON = range(7)
 CLASS_HUE = {FLOOR: 0.08, WALL: 0.12, CEILING: 0.15, BOX: 0.6, SPHERE: 0.0, CYLINDER: 0.33}
 

@@ -1,8 +1,8 @@
 """What `taskprompter bench` measures, one configuration at a time: the configuration (``BenchConfig``) and its model,
 forward MACs, a runner for one training step or inference, the parity gate between the efficient and the naive path,
 interleaved timing, peak memory (CUDA allocator, or a fresh subprocess's resident set on the CPU), the dense matmul
-rate the achieved rate is compared with, and the machine's and device's names. The verb itself (arguments, driver,
-printing) is in ``taskprompter.bench``; the CSV rows in ``taskprompter.bench_csv``.
+rate the achieved rate is compared with, and the machine's and device's names. The groups of a run are in
+``suite.py``, the CSV rows in ``results.py``; arguments and printing in ``taskprompter.cli.bench``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..model.build import preset_kwargs
+from ..model.profile import profile_model
+from ..model.taskprompter import TaskPrompter
 
 PARITY_TOL = 1e-3  # max |efficient - naive| / max |naive|, per output and per gradient tensor
 GRAD_FLOOR = 1e-2
@@ -52,8 +55,6 @@ def variant_name(impl: str, grad_ckpt: bool, recompute: str) -> str:
 
 def model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
     """The TaskPrompter keyword arguments of a configuration."""
-    from .model.build import preset_kwargs
-
     kwargs = preset_kwargs(cfg.preset, img_size=cfg.img_size, attention_impl=cfg.impl,
                            grad_checkpointing=cfg.grad_checkpointing, selective_recompute=cfg.recompute)
     if cfg.tasks is not None:
@@ -65,8 +66,6 @@ def model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
 
 
 def build(cfg: BenchConfig, seed: int = 0) -> torch.nn.Module:
-    from .model.taskprompter import TaskPrompter
-
     torch.manual_seed(seed)
     try:
         return TaskPrompter(**model_kwargs(cfg)).to(cfg.device)
@@ -76,9 +75,6 @@ def build(cfg: BenchConfig, seed: int = 0) -> torch.nn.Module:
 
 def macs_per_image(cfg: BenchConfig) -> tuple[int, int]:
     """(forward MACs per image, parameters) of the released structure, counted on the meta device."""
-    from .model.profile import profile_model
-    from .model.taskprompter import TaskPrompter
-
     kwargs = model_kwargs(replace(cfg, impl="naive", grad_checkpointing=False))
     result = profile_model(lambda: TaskPrompter(**kwargs))
     return result["macs"], result["params"]
@@ -264,7 +260,7 @@ def measure_memory(cfg: BenchConfig) -> dict[str, float]:
     spec = {**asdict(cfg), "threads": torch.get_num_threads()}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
-    code = ("import json, sys; from taskprompter.bench_measure import memory_child; "
+    code = ("import json, sys; from taskprompter.bench.measure import memory_child; "
             "memory_child(json.loads(sys.argv[1]))")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env)
     if proc.returncode != 0:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .bench_measure import BenchConfig, device_name, model_kwargs
+from .measure import BenchConfig, device_name, model_kwargs
 
 
 def default_csv_path(device: str, root: str | os.PathLike = "benchmarks/results") -> Path:
@@ -64,7 +64,7 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     """Append rows (with machine / torch / date / threads columns) to ``path``, writing a header for a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = list(meta) + _COLUMNS + sorted({k for r in rows for k in r} - set(_COLUMNS))  # one header for all runs
+    fields = list(meta) + COLUMNS + sorted({k for r in rows for k in r} - set(COLUMNS))  # one header for all runs
     new = not path.exists()
     if not new:
         with open(path) as fh:
@@ -81,7 +81,7 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     return path
 
 
-_COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "recompute", "amp", "tasks", "img_h", "img_w", "tokens",
+COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "recompute", "amp", "tasks", "img_h", "img_w", "tokens",
             "batch",
             "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s", "latency_ms", "gmacs_per_img",
             "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "time_vs_plain", "peak_mib",

@@ -10,6 +10,9 @@ all pixels of a subiteration decided on the image as it was before it; repeated 
 
 Speed: only set pixels are visited (a flat-index list, not the whole image), and after the first pass only
 pixels next to a deletion are re-examined, because a pixel whose 8-neighbourhood is unchanged keeps its verdict.
+
+The one thinning of the package: the PASCAL-Context edge ground truth (`boundaries.context_edges`) and the boundary
+metric (`metrics/boundary.py`) both use it. It imports only NumPy, so either side can import it without a cycle.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
     width = w + 2
     padded = np.zeros((h + 2, width), dtype=np.uint8)  # a zero frame: border pixels see 0 outside the image
-    padded[1:-1, 1:-1] = mask
+    padded[1:-1, 1:-1] = np.asarray(mask, dtype=bool)
     flat = padded.reshape(-1)
     offsets = np.array([dr * width + dc for dr, dc in NEIGHBOURS], dtype=np.int64)
     pending = [np.flatnonzero(flat)] * 2  # pixels whose verdict under table 1 / 2 may have changed

@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .synthetic import FORMATS, generate
+from ..data.synthetic import FORMATS, generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,24 +1,19 @@
-"""The built-in synthetic multi-task dataset: ray-cast rooms with objects and jointed figures.
+"""Render one synthetic scene into every task's label: ray-cast rooms with objects and jointed figures.
 
-Every label comes from the same 3-D scene (see docs/data.md and `synthetic_scene.py`): depth is the camera z of
-the nearest hit, normals the unit surface normal in the camera frame (x right, y down, z forward; facing the
-camera), semseg the solid's class, human_parts the figure's body part, sal objects and figures, edge the
-one-pixel boundaries of instance changes. `generate` writes the arrays as a released-format tree (NYUD-v2 or
-PASCAL-Context) that `NYUD` / `PascalContext` read unchanged.
-
-    from taskprompter.data.synthetic import generate, render_scene
-    root = generate("data/synth", format="nyud", num=200, size=(128, 160), seed=0)
+Every label comes from the same 3-D scene (see docs/data.md and `scene.py`): depth is the camera z of the nearest
+hit, normals the unit surface normal in the camera frame (x right, y down, z forward; facing the camera), semseg
+the solid's class, human_parts the figure's body part, sal objects and figures, edge the one-pixel boundaries of
+instance changes. The class tables below map the synthetic classes into the real datasets' id spaces, which
+`write.py` uses to store them as released-format trees.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .boundaries import instance_edges
+from ..boundaries import instance_edges
 from .raycast import ROOM_NORMALS, intersect, room_hit, surface
-from .synthetic_scene import BOX, CEILING, CYLINDER, FLOOR, PERSON, SPHERE, WALL, Scene, sample_scene
+from .scene import BOX, CEILING, CYLINDER, FLOOR, PERSON, SPHERE, WALL, Scene, sample_scene
 
 CLASSES: tuple[str, ...] = ("floor", "wall", "ceiling", "box", "sphere", "cylinder", "person")
 PALETTE: np.ndarray = np.array(
@@ -37,7 +32,6 @@ FIGURE_PARTS: tuple[str, ...] = (
 PART_OF = {"head": 1, "torso": 2, "luarm": 3, "ruarm": 3, "llarm": 4, "rlarm": 4, "luleg": 5, "ruleg": 5,
            "llleg": 6, "rlleg": 6}  # PASCAL-Part name -> human_parts id
 FACE_LABEL = np.array([WALL, WALL, FLOOR, CEILING, WALL, WALL])  # raycast.ROOM_FACES order
-FORMATS = ("nyud", "pascal_context")
 
 assert [BOX, SPHERE, CYLINDER, PERSON] == [3, 4, 5, 6]
 
@@ -144,14 +138,3 @@ def render_scene(seed: int, index: int, size: tuple[int, int] = (128, 160)) -> d
         "intrinsics": np.array([scene.focal, w / 2, h / 2]),
     }
 
-
-def generate(out_dir: str | Path, *, format: str, num: int, size: tuple[int, int] = (128, 160), seed: int = 0,
-             split_ratio: float = 0.8, workers: int = 1, progress: bool = False) -> Path:
-    """Write `num` synthetic samples as a released-format tree in `out_dir` and return that root.
-
-    The first round(num * split_ratio) ids go to `train`, the rest to `val` (at least one each when num >= 2).
-    `workers` > 1 renders in that many processes (the bytes do not depend on it)."""
-    from .synthetic_write import write_tree
-
-    return write_tree(Path(out_dir), format=format, num=num, size=size, seed=seed, split_ratio=split_ratio,
-                      workers=workers, progress=progress)

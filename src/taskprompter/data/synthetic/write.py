@@ -1,7 +1,7 @@
 """Write rendered synthetic scenes as the released NYUD-v2 or PASCAL-Context trees (released-code.md section 5).
 
 Each sample is rendered from (seed, index) alone, so samples can be written in any order or in parallel and the
-files never depend on the number of workers.
+files never depend on the number of workers. The trees are read back by `NYUD` / `PascalContext` unchanged.
 """
 
 from __future__ import annotations
@@ -13,18 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError
-from .classes import VOC_CLASSES, VOC_PALETTE
-from .synthetic import (
-    CLASSES,
-    CONTEXT_IDS,
-    FIGURE_PARTS,
-    FORMATS,
-    NYU40_STORED,
-    PERSON,
-    VOC_IDS,
-    render_scene,
-)
+from ...errors import ConfigError
+from ..classes import VOC_CLASSES, VOC_PALETTE
+from .render import CLASSES, CONTEXT_IDS, FIGURE_PARTS, NYU40_STORED, VOC_IDS, render_scene
+from .scene import PERSON
 
 JPEG_QUALITY = 95
 
@@ -114,7 +106,8 @@ LAYOUT = {
     "pascal_context": (("JPEGImages", "semseg/pascal-context", "human_parts", "pascal-context/trainval",
                         "normals_distill", "sal_distill", "ImageSets/Context"), "ImageSets/Context",
                        write_pascal_sample),
-}
+}  # format -> (folders to create, folder of the split lists, sample writer)
+FORMATS: tuple[str, ...] = tuple(LAYOUT)
 
 
 def _write_one(job: tuple[str, str, int, int, tuple[int, int]]) -> str:
@@ -124,9 +117,13 @@ def _write_one(job: tuple[str, str, int, int, tuple[int, int]]) -> str:
     return sample_id
 
 
-def write_tree(root: Path, *, format: str, num: int, size: tuple[int, int], seed: int, split_ratio: float,
-               workers: int = 1, progress: bool = False) -> Path:
-    """See `synthetic.generate`."""
+def generate(out_dir: str | Path, *, format: str, num: int, size: tuple[int, int] = (128, 160), seed: int = 0,
+             split_ratio: float = 0.8, workers: int = 1, progress: bool = False) -> Path:
+    """Write `num` synthetic samples as a released-format tree in `out_dir` and return that root.
+
+    The first round(num * split_ratio) ids go to `train`, the rest to `val` (at least one each when num >= 2).
+    `workers` > 1 renders in that many processes (the bytes do not depend on it)."""
+    root = Path(out_dir)
     if format not in FORMATS:
         raise ConfigError(f"unknown synthetic format {format!r}; choose one of {list(FORMATS)}")
     if num < 1:

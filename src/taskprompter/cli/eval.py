@@ -1,0 +1,38 @@
+"""`taskprompter eval`: evaluate a checkpoint on a split with every metric (torchrun for several processes).
+
+    taskprompter eval --checkpoint runs/x/last [--config ...] [--split val] [--save-predictions DIR]
+    torchrun --nproc_per_node 4 -m taskprompter eval --checkpoint ...
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..engine.evaluate import evaluate_checkpoint, format_table
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or run directory -> last)")
+    parser.add_argument("--config", default=None, help="config (default: the one stored in the checkpoint)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], nargs="+", metavar="KEY=VALUE",
+                        help="override config values, e.g. --set data.root=/data/PASCALContext")
+    parser.add_argument("--split", default=None, help="split to evaluate (default: data.val_split)")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="write per-task predictions at the original image size (boundary PNGs for SEISM)")
+    parser.add_argument("--out", default=None,
+                        help="where metrics.json goes (default: <run>/eval-<checkpoint>-<split>)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per-process batch (default: config)")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: config)")
+
+
+def run(args: argparse.Namespace) -> int:
+    record = evaluate_checkpoint(args.checkpoint, config=args.config,
+                                 overrides=[item for group in args.overrides for item in group], split=args.split,
+                                 save_predictions=args.save_predictions, out=args.out, batch_size=args.batch_size,
+                                 device=args.device)
+    if record["path"] is not None:  # the first process
+        print(f"{record['checkpoint']} (step {record['step']}) on {record['dataset']}:{record['split']}, "
+              f"{record['num_samples']} images")
+        print(format_table(record["metrics"]))
+        print(f"wrote {record['path']}")
+    return 0
