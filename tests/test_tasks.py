@@ -72,6 +72,15 @@ def test_an_inconsistent_entry_is_refused():
     with pytest.raises(ConfigError, match="palettes"):
         DatasetSpec(name="x", tasks={"semseg": 2}, class_names={"semseg": ("a", "b")}, palettes={},
                     boundary_max_dist=0.01)
+    with pytest.raises(ConfigError, match="normals"):  # the task fixes its own output channels
+        DatasetSpec(name="x", tasks={"normals": 1}, class_names={}, palettes={}, boundary_max_dist=0.01)
+
+
+def test_tasks_with_their_own_channels_agree_with_every_dataset():
+    fixed = {t: spec.channels for t, spec in TASKS.items() if spec.channels is not None}
+    assert fixed == {"depth": 1, "sal": 2, "normals": 3, "edge": 1}
+    for spec in DATASET_SPECS.values():
+        assert all(spec.tasks[t] == c for t, c in fixed.items() if t in spec.tasks), spec.name
 
 
 def test_a_new_entry_is_all_it_takes(monkeypatch):

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 
 from .config import load_config, to_dict
-from .engine.logging import get_logger
+from .data import build_dataset
+from .data.synthetic import VOC_IDS, generate
+from .engine.logging import get_logger, read_metrics
+from .engine.train import train
+from .inference import Predictor
+from .tasks import DATASET_SPECS, IGNORE_INDEX, TASKS
+from .visualize import colorize, plot_channel_affinity, plot_training_curves, save_affinity_grid, save_panel
 
 PANEL_IMAGES = 4  # validation images shown with predictions and ground truth
 AFFINITY_IMAGES = 2  # of which this many also get affinity maps
@@ -24,8 +30,6 @@ AFFINITY_IMAGES = 2  # of which this many also get affinity maps
 
 def ground_truth_pictures(raw: dict[str, Any], num_classes: dict[str, int]) -> dict[str, np.ndarray]:
     """Pictures of a raw (untransformed) sample's labels, in the same style as the predictions."""
-    from .tasks import IGNORE_INDEX
-    from .visualize import colorize
 
     image = raw["image"] / 255.0
     pics = {}
@@ -40,7 +44,6 @@ def ground_truth_pictures(raw: dict[str, Any], num_classes: dict[str, int]) -> d
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
-    from .tasks import TASKS
 
     lines = ["| Task | Primary metric | Value | Other metrics |", "|---|---|---|---|"]
     for task, values in metrics.items():
@@ -55,8 +58,6 @@ def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
 def _present_classes(metrics: dict[str, dict[str, float]]) -> list[str]:
     """Semseg mIoU is over all 21 VOC classes with absent classes counted as 0 (as published); the synthetic scenes
     use only five of them, so also report those classes' IoU."""
-    from .data.synthetic import VOC_IDS
-    from .tasks import DATASET_SPECS
 
     seg = metrics.get("semseg", {})
     voc = DATASET_SPECS["pascal_context"].class_names["semseg"]
@@ -72,12 +73,6 @@ def _present_classes(metrics: dict[str, dict[str, float]]) -> list[str]:
 def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", overrides: list[str] | None = None,
              num_scenes: int = 320, steps: int | None = None) -> Path:
     """Run the whole demo into ``out`` and return the report's path."""
-    from .data import build_dataset
-    from .data.synthetic import generate
-    from .engine.logging import read_metrics
-    from .engine.train import train
-    from .inference import Predictor
-    from .visualize import colorize, plot_channel_affinity, plot_training_curves, save_affinity_grid, save_panel
 
     log = get_logger()
     out = Path(out)
@@ -140,7 +135,6 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
 def _report(cfg, result, records, panels, affinity_figs, channel_figs, times, num_scenes, num_val) -> str:
     import torch
 
-    from .tasks import DATASET_SPECS
 
     train_recs = [r for r in records if r.get("split") == "train"]
     first, last = train_recs[0], train_recs[-1]

@@ -42,6 +42,7 @@ class TaskSpec:
     loss_weight: float  # released multi-task loss weight
     pretty: str  # name used in tables (the paper's column headers)
     primary: str  # the metric that ranks checkpoints and enters Delta_m (the paper's table column)
+    channels: int | None = None  # output channels fixed by the task itself; None: the dataset's class count
 
     @property
     def higher_is_better(self) -> bool:
@@ -63,6 +64,10 @@ class DatasetSpec:
         """Fail at import on an inconsistent entry, naming it."""
         if list(self.tasks) != ordered_tasks(self.tasks):
             raise ConfigError(f"dataset {self.name!r}: tasks {list(self.tasks)} are not in the order {TASK_ORDER}")
+        fixed = {t: c for t, c in self.tasks.items() if TASKS[t].channels not in (None, c)}
+        if fixed:
+            raise ConfigError(f"dataset {self.name!r}: channels {fixed} differ from the tasks' own "
+                              f"{ {t: TASKS[t].channels for t in fixed} }")
         if set(self.class_names) != set(self.palettes):
             raise ConfigError(f"dataset {self.name!r}: class names for {sorted(self.class_names)} but palettes for "
                               f"{sorted(self.palettes)}")
@@ -75,11 +80,11 @@ class DatasetSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "semseg": TaskSpec("semseg", "classify", 1.0, "Semseg", "mIoU"),
-    "depth": TaskSpec("depth", "regress", 1.0, "Depth", "rmse"),
+    "depth": TaskSpec("depth", "regress", 1.0, "Depth", "rmse", channels=1),
     "human_parts": TaskSpec("human_parts", "classify", 2.0, "Parsing", "mIoU"),
-    "sal": TaskSpec("sal", "classify", 5.0, "Saliency", "maxF"),
-    "normals": TaskSpec("normals", "regress", 10.0, "Normal", "mean"),
-    "edge": TaskSpec("edge", "binary", 50.0, "Boundary", "odsF"),
+    "sal": TaskSpec("sal", "classify", 5.0, "Saliency", "maxF", channels=2),  # background / salient
+    "normals": TaskSpec("normals", "regress", 10.0, "Normal", "mean", channels=3),
+    "edge": TaskSpec("edge", "binary", 50.0, "Boundary", "odsF", channels=1),
 }
 TASK_ORDER: tuple[str, ...] = tuple(TASKS)
 

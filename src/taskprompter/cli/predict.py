@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inference import Predictor, find_images, read_image
+from ..visualize import plot_channel_affinity, write_prediction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..visualize import plot_channel_affinity, write_prediction
-
     predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
     out = Path(args.out)
     images = find_images(args.input)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import TaskPrompterError
+from . import build_dataset
 from .fileio import list_splits
 
 FORMATS = ("pascal_context", "nyud", "custom")
@@ -27,8 +28,6 @@ def find_splits(fmt: str, root: Path) -> list[str]:
 def check_dataset(fmt: str, root: Path, splits: Sequence[str] | None = None,
                   tasks: Sequence[str] | None = None) -> tuple[int, list[str]]:
     """Check `splits` (default: all found) of a dataset. Returns (samples checked, problems, each naming a file)."""
-    from . import build_dataset
-
     problems: list[str] = []
     checked = 0
     if not root.is_dir():

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 
 from ..errors import ConfigError, DataError
-from ..tasks import IGNORE_INDEX, TASK_ORDER
+from ..tasks import IGNORE_INDEX, TASK_ORDER, TASKS
 from .base import TaskDataset, Transform
 from .fileio import list_splits, read_depth_npy, read_image, read_label_png, read_normals_png, read_split
 from .sample import check_labels
@@ -45,7 +45,6 @@ ENCODINGS = {
     "sal": ("png",),
     "edge": ("png",),
 }
-FIXED_CHANNELS = {"depth": 1, "normals": 3, "sal": 2, "edge": 1}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 
 
@@ -97,7 +96,7 @@ class CustomDataset(TaskDataset):
         root = Path(root).expanduser()
         self.config = load_config(root)
         self.specs: dict[str, dict] = self.config["tasks"]
-        self.task_channels = {t: (len(s["classes"]) if "classes" in s else FIXED_CHANNELS[t])
+        self.task_channels = {t: (len(s["classes"]) if "classes" in s else TASKS[t].channels)
                               for t, s in self.specs.items()}
         self.classes = {t: list(s["classes"]) for t, s in self.specs.items() if "classes" in s}
         split_dir = root / self.config.get("split_dir", "splits")

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,23 +23,21 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from ..config import Config, apply_overrides, from_dict, load_config
+from ..data import build_dataset, collate
 from ..data.sampling import shard_indices
+from ..data.transforms import eval_transform
 from ..errors import CheckpointError, ConfigError
 from ..inference import logits_to_map
+from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
 from .distributed import Dist, cleanup_distributed, init_distributed
-
-if TYPE_CHECKING:
-    from ..metrics import MetricSpec
 
 
 def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root: str | None = None,
                   split: str = "train") -> dict[str, int]:
     """{task: output channels} of the dataset's label sets (`tasks.DATASET_SPECS`), in the released task order (a
     ``custom`` dataset is opened at ``root`` to read its channels)."""
-    from ..data import build_dataset
-
     if dataset_format in DATASET_SPECS:
         provided = DATASET_SPECS[dataset_format].tasks
     else:
@@ -51,9 +49,6 @@ def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root:
 
 
 def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
-    from ..data import build_dataset
-    from ..data.transforms import eval_transform
-
     ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, eval_transform(tuple(cfg.data.size)))
     if cfg.data.max_val_samples and len(ds) > cfg.data.max_val_samples:
         ds = Subset(ds, list(range(cfg.data.max_val_samples)))
@@ -63,8 +58,6 @@ def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
 def build_task_meters(tasks: Mapping[str, int], dataset_format: str) -> dict[str, Any]:
     """Meters with the dataset's conventions (`tasks.DATASET_SPECS`); for other formats (custom) the class counts
     come from ``tasks`` and the rest is generic."""
-    from ..metrics import CLASS_TASKS, build_meter, build_meters
-
     if dataset_format in DATASET_SPECS:
         return build_meters(list(tasks), dataset=dataset_format)
     return {t: build_meter(t, num_classes=c) if t in CLASS_TASKS else build_meter(t) for t, c in tasks.items()}
@@ -73,8 +66,6 @@ def build_task_meters(tasks: Mapping[str, int], dataset_format: str) -> dict[str
 def best_metric_spec(name: str, tasks: list[str]) -> MetricSpec:
     """The metric that picks the best checkpoint: "task.metric", or auto = the first task's primary metric; its
     direction comes from the task table (`tasks.higher_is_better`)."""
-    from ..metrics import MetricSpec
-
     task, _, metric = (tasks[0], "", TASKS[tasks[0]].primary) if name == "auto" else name.partition(".")
     if task not in tasks:
         raise ConfigError(f"train.best_metric '{name}': task '{task}' is not trained (tasks: {tasks})")
@@ -119,8 +110,6 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
              save_dir: str | Path | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} over ``dataset`` (this process's shard; meters all-reduced across processes).
     ``tasks`` maps each evaluated task to its output channels."""
-    from ..data import collate
-
     meters = build_task_meters(tasks, dataset_format)
     shard = Subset(dataset, shard_indices(len(dataset), dist.rank, dist.world_size))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)

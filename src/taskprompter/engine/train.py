@@ -20,10 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import Config, to_dict
+from ..data import build_dataset, collate
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
+from ..data.transforms import train_transform
 from ..errors import CheckpointError, ConfigError, TaskPrompterError
+from ..losses import MultiTaskLoss
 from ..model.build import build_variant
 from ..model.io import load_state_exactly
+from ..model.pretrained import load_vit_weights
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from .distributed import Dist, init_distributed, unwrap, wrap_model
@@ -43,8 +47,6 @@ def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
-    from ..model.pretrained import load_vit_weights
-
     if not Path(path).is_file():
         raise ConfigError(f"model.pretrained: ViT weights not found: {path} (download them once, or train from "
                           "scratch with --set model.pretrained=null)")
@@ -73,10 +75,6 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
     """Train ``cfg``; returns {"step", "metrics" (last evaluation), "out_dir"}."""
-    from ..data import build_dataset, collate
-    from ..data.transforms import train_transform
-    from ..losses import MultiTaskLoss
-
     d = init_distributed(cfg.train.device)
     if cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from torch import Tensor
 
 from ..errors import CheckpointError
+from .build import build_model
+from .fidelity import FIDELITY_OPTIONS
 from .io import load_state_exactly
 from .pretrained import read_state_dict
 from .taskprompter import TaskPrompter
@@ -77,8 +79,6 @@ def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike 
     count K and which blocks are decoded -- cannot be read from the weights: build the model from the released
     preset (``build_model("taskprompter_vit_b_pascal")``, or ``taskprompter convert --preset``).
     """
-    from .fidelity import FIDELITY_OPTIONS
-
     wrong = {k: v for k, v in model.options.items() if v != FIDELITY_OPTIONS[k].official}
     if wrong:
         raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
@@ -97,8 +97,6 @@ def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike 
 
 def from_released(checkpoint: str | os.PathLike | Mapping[str, Tensor], preset: str) -> TaskPrompter:
     """The official-fidelity ``preset`` with a released checkpoint's weights (what `taskprompter convert` saves)."""
-    from .build import build_model
-
     model = build_model(preset, fidelity="official")
     load_official_checkpoint(model, checkpoint)
     return model
