@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_model.py [--threads 1] [--only A C tasks tokens] [--csv PATH]
     .venv/bin/python benchmarks/bench_model.py --device cuda --amp bf16 --only gpu      # ViT-B / ViT-L at 512
 
-Each entry is one ``taskprompter bench`` invocation (see src/taskprompter/bench.py for what is measured); all rows go
-to the same CSV under benchmarks/results/. On a shared machine, give each run the cores to itself: the interleaving
-evens out slow drifts, not another process taking a core for seconds at a time.
+Each entry is one ``taskprompter bench`` invocation (the verb: src/taskprompter/cli/bench.py; what it measures: the
+package src/taskprompter/bench/); all rows go to the same CSV under benchmarks/results/. On a shared machine, give
+each run the cores to itself: the interleaving evens out slow drifts, not another process taking a core for seconds
+at a time.
 """
 
 from __future__ import annotations

@@ -32,9 +32,13 @@ def median_ms(fn, repeats: int, warmup: int = 3) -> float:
     return 1e3 * statistics.median(times)
 
 
+MAPS = ("spatial", "cross_task", "channel")  # the Affinity fields that hold tensors
+
+
 def detached(levels: list[tuple[torch.Tensor, Affinity]]) -> list[tuple[torch.Tensor, Affinity]]:
     return [(t.detach().requires_grad_(),
-             Affinity(*[v.detach().requires_grad_() if v is not None else None for v in a])) for t, a in levels]
+             a._replace(**{f: getattr(a, f).detach().requires_grad_() for f in MAPS if getattr(a, f) is not None}))
+            for t, a in levels]
 
 
 def parts(cfg: BenchConfig, repeats: int) -> dict[str, float]:
@@ -43,7 +47,8 @@ def parts(cfg: BenchConfig, repeats: int) -> dict[str, float]:
 
     def encoder() -> None:
         levels = model.backbone(images, model.decode_blocks)
-        sum(t.mean() + sum(v.mean() for v in a if v is not None) for t, a in levels).backward()
+        sum(t.mean() + sum(getattr(a, f).mean() for f in MAPS if getattr(a, f) is not None)
+            for t, a in levels).backward()
 
     levels = detached(model.backbone(images, model.decode_blocks))
 

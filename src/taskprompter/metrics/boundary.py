@@ -5,7 +5,7 @@ Per image (released-code.md section 7):
      published PNG round trip did);
   2. non-maximum suppression of E along the orientation of convTri(E, 4) (`boundary_nms`);
   3. for each of the 101 thresholds 0.001, 0.01, 0.02, ..., 0.99, 0.999: B = thin(E_nms > t) (strict `>`,
-     `thinning.thin` == bwmorph 'thin' Inf);
+     `data.thinning.thin` == bwmorph 'thin' Inf);
   4. matched = maximum one-to-one correspondence between B and the GT boundary pixels within
      max_dist * image diagonal (`matching`); counts [cntR, sumR, cntP, sumP] = [matched, #GT, matched, #B].
 Over the dataset, with R = cntR / sumR (1 when sumR = 0) and P = cntP / sumP (1 when sumP = 0), F = 2PR/(P+R):
