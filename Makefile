@@ -3,7 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # On the project's CI machines the CPU torch wheel lies in /opt/wheels: pin it there so pip never
-# resolves a multi-GB CUDA build. Elsewhere a plain install gets the platform's normal torch.
+# resolves a multi-GB CUDA build, and pin numpy to its floor, so that CI tests the lowest torch and numpy
+# pyproject.toml allows. Elsewhere a plain install gets the platform's normal torch.
 PIP_EXTRA := $(shell [ -d /opt/wheels ] && echo "--find-links /opt/wheels -c constraints-ci.txt")
 STAMP := $(VENV)/.installed
 

@@ -90,7 +90,7 @@ def train_all(setting: dict[str, Any], out: Path, seeds: list[int], *, force: bo
                 continue
             t0 = time.time()
             cfg = run_config(setting, stage, tasks, root=root, out=run_dir, seed=seed)
-            metrics = train(cfg)["metrics"]
+            metrics = train(cfg, overwrite=True)["metrics"]  # a run without metrics.json is retrained
             record = {"run": name, "stage": stage, "tasks": list(tasks), "seed": seed, "seconds": time.time() - t0,
                       "setting": setting, "metrics": metrics}
             done.write_text(json.dumps(record, indent=1) + "\n")

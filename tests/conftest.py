@@ -36,3 +36,24 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def disk_state():
+    """A function: every file and folder under a path (the path itself included), with each file's bytes and each
+    entry's mtime -- two equal results mean that nothing on disk changed. A missing path gives {}."""
+    import hashlib
+    from pathlib import Path
+
+    def state(root) -> dict[str, tuple]:
+        root = Path(root)
+        if not root.exists():
+            return {}
+        out = {}
+        for path in [root, *sorted(root.rglob("*"))]:
+            st = path.lstat()
+            digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            out[str(path.relative_to(root))] = (digest, st.st_mtime_ns, st.st_size if path.is_file() else 0)
+        return out
+
+    return state

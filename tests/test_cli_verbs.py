@@ -35,7 +35,7 @@ def _one_line_error(capsys, argv, *needles):
 
 def test_train_resume_eval_predict(trained, tmp_path, capsys):
     root, run = trained
-    assert sorted(p.name for p in run.iterdir()) >= ["best", "config.yaml", "git_sha.txt", "last", "metrics.jsonl"]
+    assert {p.name for p in run.iterdir()} >= {"best", "config.yaml", "git_sha.txt", "last", "metrics.jsonl", ".lock"}
     # resume a finished run with more iterations: it continues from step 4
     assert main(["train", "--config", str(run / "config.yaml"), "--set", "optim.max_iters=6", "--resume"]) == 0
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from taskprompter.config import CONFIG_DIR, Config, apply_overrides, from_dict, load_config, to_dict, write_config
+from taskprompter.config import (
+    CHECKS,
+    CONFIG_DIR,
+    Config,
+    _all_keys,
+    apply_overrides,
+    closest_key,
+    from_dict,
+    load_config,
+    to_dict,
+    write_config,
+)
 from taskprompter.errors import ConfigError
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -82,3 +93,34 @@ def test_round_trip_through_yaml(tmp_path):
     raw = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert raw == to_dict(cfg)
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("optim.learning_rate", "optim.lr"),  # the docs' example: initials of the last component
+    ("optim.wd", "optim.weight_decay"),
+    ("train.lr", "optim.lr"),  # the last component outweighs the section
+    ("batch_size", "train.batch_size"),
+    ("train.checkpoint_evry", "train.checkpoint_every"),
+    ("optm", "optim"),
+])
+def test_suggestions_weigh_the_last_key_component_first(typed, meant):
+    assert closest_key(typed, ["model", "data", "optim", "train", *_all_keys()]) == meant
+    with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+        load_config(None, [f"{typed}=1"])
+
+
+def test_every_range_rule_names_a_key_and_holds_for_the_defaults_and_shipped_configs():
+    assert set(CHECKS) <= set(_all_keys())
+    defaults = to_dict(Config())
+    for key, (ok, _) in CHECKS.items():
+        value = defaults["seed"] if key == "seed" else defaults[key.split(".")[0]][key.split(".")[1]]
+        assert ok(tuple(value) if isinstance(value, list) else value), key
+    for name in SHIPPED:  # each file's values pass the same checks
+        load_config(REPO_CONFIGS / f"{name}.yaml")
+
+
+def test_a_range_mistake_in_a_file_names_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  log_every: 0\n")
+    with pytest.raises(ConfigError, match=r"'train\.log_every' in .*bad\.yaml must be a positive integer, got 0"):
+        load_config(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -52,7 +53,9 @@ def test_non_finite_loss_names_step_and_task_and_keeps_the_checkpoint(root, tmp_
     with pytest.raises(NonFiniteLossError) as err:
         train(cfg)
     msg = str(err.value)
-    assert "non-finite loss at step 2 in task(s) " in msg and "last good checkpoint" in msg
+    assert "non-finite loss at step 2 in task(s) " in msg
+    assert (f"training stopped, the last good checkpoint is {tmp_path / 'run' / 'last'} (step 1); resume with: "
+            f"taskprompter train --config {tmp_path / 'run' / 'config.yaml'} --resume after lowering optim.lr") in msg
     assert any(t in msg.split("task(s) ")[1].split(" (")[0] for t in cfg.data.tasks)
     meta = yaml.safe_load((tmp_path / "run" / "last" / "checkpoint.yaml").read_text())
     assert meta["step"] == 1
@@ -66,8 +69,11 @@ def test_amp_is_fp32_on_cpu_and_checked(caplog):
                         logging.getLogger("t")) == (torch.float16, True)
     from taskprompter.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="train.amp 'fp8'"):
-        amp_settings(load_config("synthetic_tiny", ["train.amp=fp8"]), torch.device("cpu"), logging.getLogger("t"))
+    with pytest.raises(ConfigError, match="'train.amp' in --set train.amp=fp8 must be one of none, bf16, fp16"):
+        load_config("synthetic_tiny", ["train.amp=fp8"])
+    cfg = load_config("synthetic_tiny")
+    with pytest.raises(ConfigError, match="train.amp 'fp8'"):  # a Config built in Python is checked where it is read
+        amp_settings(replace(cfg, train=replace(cfg.train, amp="fp8")), torch.device("cpu"), logging.getLogger("t"))
 
 
 def test_pretrained_vit_weights_load_into_the_encoder(tmp_path):

@@ -106,3 +106,44 @@ def test_user_mistakes_are_named():
     del batch["edge"]
     with pytest.raises(DataError, match="edge"):
         MultiTaskLoss(["edge"])(outputs, batch)
+
+
+def _multitask_batch(gen: torch.Generator, B: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Random logits and labels for all six tasks, with ignore regions of random size (unequal valid counts)."""
+    H = W = 6
+    outputs = {t: torch.randn(B, c, H, W, generator=gen, dtype=torch.float64).requires_grad_()
+               for t, c in {"semseg": 5, "depth": 1, "human_parts": 3, "sal": 2, "normals": 3, "edge": 1}.items()}
+    ignore = torch.rand(B, H, W, generator=gen) < torch.rand(B, 1, 1, generator=gen)
+    batch = {
+        "semseg": torch.randint(0, 5, (B, H, W), generator=gen).masked_fill(ignore, 255),
+        "human_parts": torch.randint(0, 3, (B, H, W), generator=gen).masked_fill(ignore, 255),
+        "sal": torch.randint(0, 2, (B, H, W), generator=gen).masked_fill(ignore, 255),
+        "edge": torch.randint(0, 2, (B, H, W), generator=gen).masked_fill(ignore, 255),
+        "depth": (torch.rand(B, 1, H, W, generator=gen) + 0.5).masked_fill(ignore[:, None], 0.0),
+        "normals": torch.nn.functional.normalize(torch.randn(B, 3, H, W, generator=gen), dim=1).masked_fill(
+            ignore[:, None], 0.0),
+    }
+    return outputs, batch
+
+
+def test_shares_of_micro_batches_add_up_to_the_whole_batch_loss_and_gradient():
+    """Global normalisation: k micro-batches (or processes) normalised by the statistics of the whole batch give
+    exactly the loss and the gradient of that batch -- whatever their valid-pixel counts."""
+    gen = torch.Generator().manual_seed(0)
+    outputs, batch = _multitask_batch(gen, B=5)
+    criterion = MultiTaskLoss(list(outputs))
+    whole = criterion(outputs, batch)
+    grads = torch.autograd.grad(whole["total"], list(outputs.values()))
+    parts = [slice(0, 1), slice(1, 3), slice(3, 5)]  # unequal micro-batches
+    micro = [({t: v[p] for t, v in outputs.items()}, {t: v[p] for t, v in batch.items()}) for p in parts]
+    stats = {t: sum(criterion.batch_stats(b)[t] for _, b in micro) for t in criterion.tasks}
+    assert all(torch.equal(stats[t], criterion.batch_stats(batch)[t]) for t in stats)
+    shares = [criterion(o, b, stats) for o, b in micro]
+    for key in whole:
+        assert sum(s[key] for s in shares).item() == pytest.approx(whole[key].item(), rel=1e-6), key  # fp32 losses
+    share_grads = torch.autograd.grad(sum(s["total"] for s in shares), list(outputs.values()))
+    for g, h in zip(grads, share_grads, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-5, atol=1e-9)
+    # the released per-micro-batch normalisation does not add up (the batches' valid counts differ)
+    local = [criterion(o, b) for o, b in micro]
+    assert abs(sum(s["human_parts"] for s in local).item() / len(parts) - whole["human_parts"].item()) > 1e-3

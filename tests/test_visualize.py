@@ -11,14 +11,15 @@ from PIL import Image
 from taskprompter import visualize as vis
 
 
-def test_class_maps_use_the_voc_palette_and_white_for_ignore():
+def test_class_maps_use_the_voc_palette_and_stripes_for_ignore():
     labels = np.array([[0, 15], [255, 1]])
     rgb = vis.colorize_labels(labels, vis.palette("semseg", 21))
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 2, 3)
     assert rgb[0, 0].tolist() == [0, 0, 0]  # background
     assert rgb[0, 1].tolist() == [192, 128, 128]  # VOC person
-    assert rgb[1, 0].tolist() == [255, 255, 255]  # ignore
+    assert rgb[1, 0].tolist() in vis.IGNORE_STRIPES.tolist()  # ignore: the stripes, not white
     assert rgb[1, 1].tolist() == [128, 0, 0]  # aeroplane
+    assert vis.colorize_labels(np.array([[30]]), vis.palette("semseg", 21))[0, 0].tolist() == [255, 255, 255]
     assert vis.class_names("human_parts", 7)[1] == "head"
     assert len(vis.class_names("semseg", 40)) == 40 and vis.class_names("semseg", 40)[0] == "wall"
     assert vis.palette("semseg", 5).shape == (5, 3)
@@ -60,6 +61,8 @@ def test_image_conversion_and_overlays():
     assert out[1, 0].tolist() == [150, 50, 50]
     heat = vis.heatmap_overlay(img, np.array([[0.0, 1.0], [1.0, 1.0]]), alpha=1.0, cmap="gray")
     assert heat[0, 0].tolist() == [0, 0, 0] and heat[0, 1].tolist() == [255, 255, 255]
+    magma = vis.heatmap_overlay(img, np.array([[0.0, 1.0], [1.0, 1.0]]), alpha=1.0)  # the default: perceptual
+    assert magma[0, 0].tolist() == np.round(np.array(matplotlib.colormaps["magma"](0.0)[:3]) * 255).tolist()
 
 
 def test_colorize_dispatches_per_task():

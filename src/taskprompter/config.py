@@ -10,9 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ class DataConfig:
     flip: bool = True  #                             photometric distortion
     photometric: bool = True
     max_val_samples: int = 0  # evaluate on the first N validation samples only (0 = all)
+    check_files: bool = True  # train: read every training and validation sample's file headers before step 1
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class TrainConfig:
     cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"
     loss_weights: dict[str, float] = field(default_factory=dict)  # per-task overrides of the released weights
+    loss_normalization: str = "global"  # global: each loss over the valid pixels of the whole step's batch (any
+    #                                     process / micro-batch count trains alike); local: per micro-batch and
+    #                                     process, as the released code (docs/fidelity.md)
     best_metric: str = "auto"  # "task.metric" for the best checkpoint; auto = the first task's primary metric
     sync_bn: bool = True  # SyncBatchNorm under torchrun
     progress: bool = True  # tqdm bar (rank 0)
@@ -103,12 +109,35 @@ def _all_keys() -> list[str]:
     return keys
 
 
+def _similarity(typed: str, known: str) -> float:
+    """How alike two key components are: difflib's ratio, or 0.9 when one abbreviates the other by the initials of
+    its words (`learning_rate` -> `lr`, `wd` -> `weight_decay`)."""
+    if typed == known:
+        return 1.0
+    initials = ["".join(w[0] for w in name.split("_") if w) for name in (typed, known)]
+    abbreviates = (len(known) > 1 and initials[0] == known) or (len(typed) > 1 and initials[1] == typed)
+    return max(difflib.SequenceMatcher(None, typed, known).ratio(), 0.9 if abbreviates else 0.0)
+
+
+def closest_key(key: str, known: list[str], cutoff: float = 0.6) -> str | None:
+    """The known dotted key closest to ``key``, the last component weighed first (`optim.learning_rate` ->
+    `optim.lr`, `train.lr` -> `optim.lr`, `batch_size` -> `train.batch_size`), the leading ones breaking ties."""
+    *head, last = key.split(".")
+    best, best_score = None, (cutoff, 0.0)
+    for candidate in known:
+        *c_head, c_last = candidate.split(".")
+        score = (_similarity(last, c_last), _similarity(".".join(head), ".".join(c_head)))
+        if score > best_score:
+            best, best_score = candidate, score
+    if best is None:  # a misspelt section with a correct field: compare the whole key
+        close = difflib.get_close_matches(key, known, n=1, cutoff=cutoff)
+        best = close[0] if close else None
+    return best
+
+
 def _unknown(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
-    if not close:  # a misspelt section or a bare field name: compare the last part too
-        tail = {k.split(".")[-1]: k for k in _all_keys()}
-        close = [tail[m] for m in difflib.get_close_matches(key.split(".")[-1], list(tail), n=1, cutoff=0.6)]
-    hint = f"; did you mean '{close[0]}'?" if close else ""
+    close = closest_key(key, [*SECTIONS, *_all_keys()])
+    hint = f"; did you mean '{close}'?" if close else ""
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
@@ -169,6 +198,67 @@ def _pretty(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
+# ------------------------------------------------------------------------------------------------- ranges
+
+
+def _count(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v >= low), ("a positive integer" if low == 1 else f"an integer >= {low}")
+
+
+def _number(low: float, *, strict: bool) -> tuple[Callable[[Any], bool], str]:
+    return ((lambda v: math.isfinite(v) and (v > low if strict else v >= low)),
+            f"a finite number {'>' if strict else '>='} {low:g}")
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+# The allowed values of every key that has a range: checked when a file or --set gives the key.
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _count(0),
+    "model.name": ((lambda v: bool(v)), "a preset name (`taskprompter models` lists them)"),
+    "data.tasks": ((lambda v: len(v) > 0 and len(set(v)) == len(v)), "a non-empty list of distinct task names"),
+    "data.size": ((lambda v: min(v) > 0), "two positive integers [H, W], multiples of the model's patch size"),
+    "data.num_workers": _count(0),
+    "data.scale_range": ((lambda v: all(map(math.isfinite, v)) and 0 < v[0] <= v[1]),
+                         "[min, max] with 0 < min <= max"),
+    "data.max_val_samples": _count(0),
+    "optim.name": _one_of("adam", "adamw"),
+    "optim.lr": _number(0, strict=True),
+    "optim.weight_decay": _number(0, strict=False),
+    "optim.betas": ((lambda v: all(0 <= b < 1 for b in v)), "two numbers in [0, 1)"),
+    "optim.eps": _number(0, strict=True),
+    "optim.schedule": _one_of("poly", "cosine", "constant"),
+    "optim.poly_power": _number(0, strict=True),
+    "optim.warmup_iters": _count(0),
+    "optim.max_iters": _count(1),
+    "optim.grad_clip": _number(0, strict=False),
+    "train.batch_size": _count(1),
+    "train.accum_steps": _count(1),
+    "train.eval_batch_size": _count(1),
+    "train.eval_every": _count(0),
+    "train.checkpoint_every": _count(1),
+    "train.log_every": _count(1),
+    "train.amp": _one_of("none", "bf16", "fp16"),
+    "train.device": ((lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())),
+                     "auto, cpu, cuda or cuda:N"),
+    "train.cpu_threads": _count(0),
+    "train.out_dir": ((lambda v: bool(v.strip())), "a directory path"),
+    "train.loss_weights": ((lambda v: all(math.isfinite(w) and w >= 0 for w in v.values())),
+                           "finite weights >= 0 per task"),
+}
+
+
+def _check(key: str, value: Any, where: str) -> None:
+    rule = CHECKS.get(key)
+    if rule is not None and not rule[0](value):
+        shown = list(value) if isinstance(value, tuple) else value
+        raise ConfigError(f"config key '{key}' in {where} must be {rule[1]}, got {shown!r}")
+
+
 def _build(section: str, cls: type, values: dict[str, Any], where: str) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
@@ -176,6 +266,7 @@ def _build(section: str, cls: type, values: dict[str, Any], where: str) -> Any:
         if key not in hints:
             raise _unknown(f"{section}.{key}", where)
         kwargs[key] = _coerce(value, hints[key], f"{section}.{key}", where)
+        _check(f"{section}.{key}", kwargs[key], where)
     return cls(**kwargs)
 
 
@@ -195,6 +286,7 @@ def from_dict(raw: dict[str, Any], where: str = "config") -> Config:
             raise ConfigError(f"section '{name}' in {where} must be a mapping, got {values!r}")
         sections[name] = _build(name, SECTIONS[name], values, where)
     seed = _coerce(raw.get("seed", 0), int, "seed", where)
+    _check("seed", seed, where)
     return Config(seed=seed, **sections)
 
 
@@ -253,7 +345,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         except yaml.YAMLError as err:
             raise ConfigError(f"override '{item}': cannot parse value: {err}") from err
         _set_path(raw, key.strip(), value, f"--set {item}")
+        _check_field(key.strip(), value, f"--set {item}")
     return raw
+
+
+def _check_field(key: str, value: Any, where: str) -> None:
+    """Type and range of one top-level field, so that an override's mistake names the override itself."""
+    section, _, name = key.partition(".")
+    if key == "seed":
+        _check(key, _coerce(value, int, key, where), where)
+    elif section in SECTIONS and name and "." not in name:
+        _check(key, _coerce(value, typing.get_type_hints(SECTIONS[section])[name], key, where), where)
 
 
 # ------------------------------------------------------------------------------------------------- files

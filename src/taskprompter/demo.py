@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -21,26 +20,11 @@ from .data.synthetic import VOC_IDS, generate
 from .engine.logging import get_logger, read_metrics
 from .engine.train import train
 from .inference import Predictor
-from .tasks import DATASET_SPECS, IGNORE_INDEX, TASKS
-from .visualize import colorize, plot_channel_affinity, plot_training_curves, save_affinity_grid, save_panel
+from .tasks import DATASET_SPECS, TASKS
+from .visualize import plot_channel_affinity, plot_training_curves, prediction_panel, save_affinity_grid, save_figure
 
 PANEL_IMAGES = 4  # validation images shown with predictions and ground truth
 AFFINITY_IMAGES = 2  # of which this many also get affinity maps
-
-
-def ground_truth_pictures(raw: dict[str, Any], num_classes: dict[str, int]) -> dict[str, np.ndarray]:
-    """Pictures of a raw (untransformed) sample's labels, in the same style as the predictions."""
-
-    image = raw["image"] / 255.0
-    pics = {}
-    for task in num_classes:
-        gt = raw.get(task)
-        if gt is None:
-            continue
-        if task in ("sal", "edge"):
-            gt = np.where(gt == IGNORE_INDEX, 0.0, gt == 1).astype(np.float64)
-        pics[task] = colorize(task, gt, image=image, num_classes=num_classes[task])
-    return pics
 
 
 def _metrics_table(metrics: dict[str, dict[str, float]]) -> list[str]:
@@ -87,7 +71,7 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
              workers=min(2, os.cpu_count() or 1))
     t_data = time.time()
     log.info(f"demo: training {cfg.model.name} for {cfg.optim.max_iters} iterations (batch {cfg.train.batch_size})")
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # a rerun of the demo replaces its own earlier run
     t_train = time.time()
 
     predictor = Predictor.from_pretrained(out / "train" / "last", device="cpu")
@@ -99,14 +83,9 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
         raw = val.load_raw(i)
         image = raw["image"] / 255.0  # (H, W, 3) in [0, 1]
         pred = predictor.predict(image, affinity=True)
-        pics = {t: colorize(t, m, image=image, num_classes=predictor.num_classes[t]) for t, m in pred.maps.items()}
         name = raw["meta"]["id"]
-        save_panel(out / "panels" / f"{name}.png", image, pics,
-                   extra_rows=[ground_truth_pictures(raw, predictor.num_classes)], row_titles=["prediction",
-                                                                                                "ground truth"],
-                   labels={t: np.concatenate([pred.maps[t].ravel(), raw[t].ravel()])  # legend: both rows
-                           for t in ("semseg", "human_parts") if t in pred.maps},
-                   num_classes=predictor.num_classes, title=f"validation image {name}")
+        save_figure(prediction_panel(image, pred.maps, num_classes=predictor.num_classes, ground_truth=raw,
+                                     title=f"validation image {name}"), out / "panels" / f"{name}.png")
         panels.append(f"panels/{name}.png")
         channel.append(pred.channel_affinity)
         if i < AFFINITY_IMAGES:

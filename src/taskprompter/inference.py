@@ -9,8 +9,9 @@
 The model sees a fixed grid, so the image is resized (aspect kept) until its longer side fits, padded in the
 centre, predicted, un-padded and resized back -- never distorted. ``sliding_window`` instead runs windows of the
 model's size over the image at its own resolution and averages the overlapping logits.
-Map conventions: semseg / human_parts (H, W) int ids; sal, edge (H, W) probabilities; normals (H, W, 3) unit
-vectors; depth (H, W) metres.
+Map conventions: semseg / human_parts (H, W) class ids in the smallest unsigned type that holds them (uint8 up to 256
+classes, else uint16); sal, edge (H, W) float32 probabilities; normals (H, W, 3) float32 unit vectors; depth (H, W)
+float32 metres. Files are read with their EXIF orientation applied, as a photo viewer shows them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from __future__ import annotations
 import glob
 import math
 import os
+import struct
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +39,21 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".p
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Any image file -> (H, W, 3) float32 in [0, 1] (16-bit scaled by 65535, alpha dropped, grey replicated)."""
-    from PIL import Image
+    """Any image file -> (H, W, 3) float32 in [0, 1] (16-bit scaled by 65535, alpha dropped, grey replicated), turned
+    upright by its EXIF orientation. Any decoding failure is a one-line DataError naming the file."""
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
             im.load()
+            im = ImageOps.exif_transpose(im)  # a phone's portrait photo is stored landscape plus an EXIF flag
             if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1"):
                 im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
             arr = np.asarray(im)
             mode = im.mode
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
+    except (OSError, ValueError, EOFError, SyntaxError, struct.error, Image.DecompressionBombError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"cannot read image {path}: {reason}") from err
     if mode.startswith("I;16") or (mode == "I" and arr.max(initial=0) > 255):
         return as_float_rgb(arr.astype(np.uint16))
     if mode in ("I", "F"):
@@ -88,7 +94,12 @@ def logits_to_map(task: str, logits: torch.Tensor) -> np.ndarray:
         return F.normalize(x, dim=0).permute(1, 2, 0).numpy()  # (H, W, 3)
     if task == "depth":
         return x[0].numpy()
-    return x.argmax(0).numpy().astype(np.int64)  # semseg, human_parts
+    return x.argmax(0).numpy().astype(class_map_dtype(x.shape[0]))  # semseg, human_parts
+
+
+def class_map_dtype(num_classes: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned type for ids 0..num_classes-1: a 4000x3000 class map is 12 MB as uint8, 96 as int64."""
+    return np.uint8 if num_classes <= 256 else np.uint16
 
 
 @dataclass
@@ -229,20 +240,50 @@ def _starts(length: int, window: int) -> list[int]:
     return sorted({round(i * (length - window) / (n - 1)) for i in range(n)})
 
 
+def is_image_file(path: Path) -> bool:
+    """An image suffix and not hidden: folders and globs skip ``._x.png`` (macOS metadata), ``.DS_Store``, notes."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
 def find_images(inputs: list[str]) -> list[Path]:
-    """Files, directories (their images, sorted) and glob patterns -> image paths."""
+    """Files, directories (their images, sorted) and glob patterns -> image paths, each once, in order. Directories
+    and glob matches keep only visible files with an image suffix; a file named explicitly is always tried."""
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
         elif p.is_file():
             found.append(p)
         else:
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
             if not matches:
                 raise DataError(f"--input {item}: no such file, directory or matching files")
-            found += [m for m in matches if m.is_file()]
+            found += [m for m in matches if m.is_file() and is_image_file(m)]
     if not found:
-        raise DataError(f"no images found in {inputs} (suffixes {', '.join(IMAGE_SUFFIXES)})")
-    return found
+        raise DataError(f"no images found in {' '.join(inputs)} (hidden files skipped; suffixes "
+                        f"{', '.join(IMAGE_SUFFIXES)})")
+    unique: dict[Path, Path] = {}
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+def output_names(paths: list[Path]) -> dict[Path, str]:
+    """One output folder name per image, fixed by the set of inputs (never by their order): the file's stem; where
+    several inputs share a stem, the path relative to their common folder without the suffix, "/" written "__"
+    (``a/coffee.png``, ``b/coffee.png`` -> ``a__coffee``, ``b__coffee``); where that is still shared (``coffee.png``,
+    ``coffee.jpg``), the suffix is kept (``coffee.png``, ``coffee.jpg``)."""
+    absolute = {p: Path(os.path.abspath(p)) for p in paths}
+    common = Path(os.path.commonpath([a.parent for a in absolute.values()]))
+    relative = {p: absolute[p].relative_to(common) for p in paths}
+    names = {p: p.stem for p in paths}
+    for name_of in (lambda p: "__".join(relative[p].with_suffix("").parts), lambda p: "__".join(relative[p].parts)):
+        count = Counter(names.values())
+        for p in [p for p in paths if count[names[p]] > 1]:
+            names[p] = name_of(p)
+    count = Counter(names.values())
+    clash = [str(p) for p in paths if count[names[p]] > 1]
+    if clash:
+        raise DataError(f"inputs {', '.join(clash)} would share an output folder; rename one of them")
+    return names

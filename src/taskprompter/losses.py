@@ -2,7 +2,10 @@
 
 Every loss is a sum over valid pixels of the whole batch divided by the number of valid pixels (pooled, not a
 mean of per-image means), computed at the label resolution (logits of another size are bilinearly resized
-first). A batch whose labels are all ignore gives exactly 0 (with a gradient of 0), never NaN.
+first). A batch whose labels are all ignore gives exactly 0 (with a gradient of 0), never NaN. "The whole batch" is
+the global batch of an optimiser step when the trainer passes its statistics (``train.loss_normalization:
+global``, the default: any number of processes and micro-batches train alike), or each process's micro-batch as in
+the released code (``local``).
 
   semseg, human_parts: cross-entropy, ignore 255.
   sal:     two-class cross-entropy with per-batch class weights [1 - w, w], w = #negative / #valid (the rarer
@@ -42,59 +45,91 @@ def _pooled(total: Tensor, count: Tensor) -> Tensor:
     return total / count.clamp(min=1)
 
 
-def cross_entropy_loss(logits: Tensor, target: Tensor) -> Tensor:
+# Every loss is total(logits, target, stats) / stats[0]. ``stats`` are the batch statistics that the normalisation
+# (and the saliency class weights) depend on -- counts, so that the statistics of several micro-batches and
+# processes add up (``LOSS_STATS``) -- taken from the loss's own batch when not given (the released, per-process
+# normalisation) or from the whole global batch (``loss_normalization="global"``).
+
+
+def valid_labels(target: Tensor) -> Tensor:
+    """[#valid pixels] of a class / edge / saliency target (label != 255)."""
+    return (_labels(target) != IGNORE_INDEX).sum().reshape(1)
+
+
+def saliency_stats(target: Tensor) -> Tensor:
+    """[#valid, #negative (background) valid pixels]: the saliency class weights come from these."""
+    target = _labels(target)
+    return torch.stack([(target != IGNORE_INDEX).sum(), (target == 0).sum()])
+
+
+def valid_normals(target: Tensor) -> Tensor:
+    """[#pixels whose ground-truth normal is given] (not all zero, not ignore)."""
+    return (target != 0).any(1).logical_and(~(target == IGNORE_INDEX).all(1)).sum().reshape(1)
+
+
+def valid_depth(target: Tensor) -> Tensor:
+    """[#pixels with a depth] (0 < gt, finite)."""
+    return ((target > 0) & torch.isfinite(target)).sum().reshape(1)
+
+
+def cross_entropy_loss(logits: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
     """Semseg / human parts: CE over valid pixels (label != 255)."""
+    stats = valid_labels(target) if stats is None else stats
     target = _labels(target)
     logits = _at_label_size(logits, target.shape[-2:])
     total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
-    return _pooled(total, (target != IGNORE_INDEX).sum())
+    return _pooled(total, stats[0])
 
 
-def saliency_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """Balanced two-class CE: class weights [1 - w, w] with w = #negative / #valid in this batch."""
+def saliency_loss(logits: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
+    """Balanced two-class CE: class weights [1 - w, w] with w = #negative / #valid in the batch."""
+    stats = saliency_stats(target) if stats is None else stats
     target = _labels(target)
     logits = _at_label_size(logits, target.shape[-2:]).float()
-    valid = target != IGNORE_INDEX
-    num_valid = valid.sum()
-    w = ((target == 0) & valid).sum().float() / num_valid.clamp(min=1)
+    w = stats[1].float() / stats[0].clamp(min=1)
     weight = torch.stack([1 - w, w]).to(logits.dtype)
     total = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX, reduction="none").sum()
-    return _pooled(total, num_valid)
+    return _pooled(total, stats[0])
 
 
-def edge_loss(logits: Tensor, target: Tensor) -> Tensor:
+def edge_loss(logits: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
     """0.95 x BCE on boundary pixels + 0.05 x BCE on the others, divided by #valid."""
+    stats = valid_labels(target) if stats is None else stats
     target = _labels(target)
     logits = _at_label_size(logits, target.shape[-2:])[:, 0].float()  # (B, H, W)
     valid = target != IGNORE_INDEX
     positive = (target == 1) & valid
     weight = torch.where(positive, EDGE_POS_WEIGHT, 1 - EDGE_POS_WEIGHT) * valid
     bce = F.binary_cross_entropy_with_logits(logits, positive.to(logits.dtype), reduction="none")
-    return _pooled((weight * bce).sum(), valid.sum())
+    return _pooled((weight * bce).sum(), stats[0])
 
 
-def normals_loss(pred: Tensor, target: Tensor) -> Tensor:
+def normals_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
     """L1 between the L2-normalised prediction and the ground truth normal, over valid pixels."""
+    stats = valid_normals(target) if stats is None else stats
     pred = F.normalize(_at_label_size(pred, target.shape[-2:]).float(), dim=1)
     valid = (target != 0).any(1, keepdim=True) & ~(target == IGNORE_INDEX).all(1, keepdim=True)  # (B, 1, H, W)
     total = ((pred - target.float()).abs() * valid).sum()
-    return _pooled(total, valid.sum())
+    return _pooled(total, stats[0])
 
 
-def depth_loss(pred: Tensor, target: Tensor) -> Tensor:
+def depth_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
     """L1 on the raw prediction over valid pixels (gt > 0)."""
     target = target[:, None] if target.dim() == 3 else target
+    stats = valid_depth(target) if stats is None else stats
     pred = _at_label_size(pred, target.shape[-2:]).float()
     valid = (target > 0) & torch.isfinite(target)
     total = torch.where(valid, (pred - target.float()).abs(), torch.zeros_like(pred)).sum()
-    return _pooled(total, valid.sum())
+    return _pooled(total, stats[0])
 
 
 class MultiTaskLoss(nn.Module):
     """Sum over tasks of weight x loss; forward returns {task: loss, ..., "total": weighted sum}.
 
     weights: per-task overrides of the released defaults (semseg 1, depth 1, human_parts 2, sal 5,
-    normals 10, edge 50).
+    normals 10, edge 50). ``forward(outputs, batch, stats)``: with ``stats`` ({task: ``LOSS_STATS[task]`` summed
+    over a larger batch}) every loss is this batch's share of that batch's loss -- the shares of its parts add up
+    to it exactly; without, each loss is normalised by this batch alone.
     """
 
     def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
@@ -105,23 +140,38 @@ class MultiTaskLoss(nn.Module):
         self.tasks = tasks
         self.weights = {t: float((weights or {}).get(t, TASKS[t].loss_weight)) for t in tasks}
 
-    def forward(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
+                stats: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
         for task in self.tasks:
             if task not in outputs:
                 raise KeyError(f"model outputs have no {task!r}; outputs: {sorted(outputs)}")
             if task not in batch:
                 raise DataError(f"the batch has no {task!r} labels; keys: {sorted(batch)}")
-            losses[task] = LOSSES[task](outputs[task], batch[task])
+            losses[task] = LOSSES[task](outputs[task], batch[task], None if stats is None else stats[task])
         losses["total"] = sum(self.weights[t] * losses[t] for t in self.tasks)
         return losses
 
 
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    def batch_stats(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """{task: the statistics its normalisation needs} of one batch (int64 counts: they add over batches)."""
+        return {task: LOSS_STATS[task](batch[task]).long() for task in self.tasks}
+
+
+LOSSES: dict[str, Callable[..., Tensor]] = {
     "semseg": cross_entropy_loss,
     "depth": depth_loss,
     "human_parts": cross_entropy_loss,
     "sal": saliency_loss,
     "normals": normals_loss,
     "edge": edge_loss,
+}
+
+LOSS_STATS: dict[str, Callable[[Tensor], Tensor]] = {
+    "semseg": valid_labels,
+    "depth": valid_depth,
+    "human_parts": valid_labels,
+    "sal": saliency_stats,
+    "normals": valid_normals,
+    "edge": valid_labels,
 }

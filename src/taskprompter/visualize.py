@@ -1,15 +1,21 @@
 """Pictures of predictions: palettes with legends, depth colour map, normals as RGB, saliency and boundary overlays,
 spatial / channel task-prompt affinity maps (paper Figs. 4 and 8), and training curves.
 
-Every ``colorize_*`` returns an (H, W, 3) uint8 array; the ``plot_*`` / ``save_*`` functions write PNG files with
-matplotlib's object API (Agg; no display needed).
+Every ``colorize_*`` returns an (H, W, 3) uint8 array. Every figure is made by a ``make_*`` function that returns a
+matplotlib ``Figure`` (object API, Agg canvas, constrained layout: titles, legends, colour bars and keys are laid out
+inside the canvas, never cut) and written by ``save_figure``; the ``save_*`` / ``plot_*`` functions do both.
+Continuous maps use perceptual colour maps with a colour bar (depth ``magma_r``, affinities ``magma``, channel
+affinity ``viridis``); normals carry a colour key (a sphere seen from the camera); ignored ground truth is drawn as
+grey stripes with an "ignored" key, never as a colour a class could have.
 
-Prediction maps, as ``taskprompter.Predictor`` returns them: semseg / human_parts (H, W) int class ids; sal and edge
+Prediction maps, as ``taskprompter.Predictor`` returns them: semseg / human_parts (H, W) class ids; sal and edge
 (H, W) probabilities in [0, 1]; normals (H, W, 3) unit vectors; depth (H, W) metres.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,13 +23,21 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # the object API renders with Agg and never touches pyplot's global state
 from matplotlib.patches import Patch
 
 from .label_sets import label_colormap
-from .tasks import IGNORE_INDEX, TASKS, dataset_with_classes
+from .tasks import IGNORE_INDEX, TASKS, dataset_with_classes, higher_is_better
 
-IGNORE_COLOR = np.array([255, 255, 255], dtype=np.uint8)
+CLASS_MAP_TASKS = ("semseg", "human_parts")
+UNKNOWN_COLOR = np.array([255, 255, 255], dtype=np.uint8)  # ids outside the palette
+IGNORE_STRIPES = np.array([[110, 110, 110], [215, 215, 215]], dtype=np.uint8)  # dark / light diagonal stripes
+DEPTH_CMAP, AFFINITY_CMAP, CHANNEL_CMAP = "magma_r", "magma", "viridis"  # perceptual, readable in grey
+LEGEND_ENTRIES = 16  # class legends list at most this many classes (the largest areas first)
+DPI = 110
 
 
 def class_names(task: str, num_classes: int) -> tuple[str, ...]:
@@ -40,23 +54,64 @@ def palette(task: str, num_classes: int) -> np.ndarray:
     return spec.palettes[task] if spec else label_colormap(num_classes)
 
 
+def ignore_stripes(shape: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) diagonal stripes of two greys, about 40 stripes across the longer side, so that they survive the
+    downscaling of a figure: the mark of ignored ground truth."""
+    H, W = shape
+    period = max(4, round(max(H, W) / 40))
+    rows, cols = np.ogrid[:H, :W]
+    return IGNORE_STRIPES[((rows + cols) // (period // 2 or 1)) % 2]
+
+
+def mark_ignored(picture: np.ndarray, ignored: np.ndarray) -> np.ndarray:
+    """The picture with the ``ignored`` (H, W) pixels drawn as grey stripes."""
+    out = np.array(picture, dtype=np.uint8, copy=True)
+    if np.any(ignored):
+        out[ignored] = ignore_stripes(ignored.shape)[ignored]
+    return out
+
+
+def ignored_mask(task: str, label: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of a ground-truth label that the metrics ignore (the ignore label 255 for class,
+    saliency and boundary labels; non-positive or non-finite depth; all-zero normals)."""
+    label = np.asarray(label)
+    if task == "depth":
+        return ~(np.isfinite(label) & (label > 0))
+    if task == "normals":
+        return ~np.isfinite(label).all(-1) | ~np.any(label != 0, axis=-1)
+    return label == IGNORE_INDEX
+
+
 def colorize_labels(labels: np.ndarray, colors: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8; the ignore label (255) and out-of-palette ids are white."""
+    """(H, W) class ids -> (H, W, 3) uint8; the ignore label (255) is grey stripes, other out-of-palette ids white."""
     labels = np.asarray(labels).astype(np.int64)
-    table = np.tile(IGNORE_COLOR, (256, 1))
+    table = np.tile(UNKNOWN_COLOR, (256, 1))
     table[: len(colors)] = colors
-    return table[np.clip(labels, 0, 255)]
+    return mark_ignored(table[np.clip(labels, 0, 255)], labels == IGNORE_INDEX)
+
+
+def depth_limits(depth: np.ndarray) -> tuple[float, float] | None:
+    """The 1st and 99th percentiles of the valid (positive, finite) depths: the ends of the colour map; None if
+    nothing is valid."""
+    depth = np.asarray(depth, dtype=np.float64)
+    valid = depth[np.isfinite(depth) & (depth > 0)]
+    if valid.size == 0:
+        return None
+    lo, hi = np.percentile(valid, [1, 99])
+    return float(lo), float(max(hi, lo + 1e-6))
 
 
 def colorize_depth(depth: np.ndarray, *, vmin: float | None = None, vmax: float | None = None,
-                   cmap: str = "magma_r") -> np.ndarray:
-    """(H, W) metres -> colour map (near = bright); invalid (<= 0 or non-finite) pixels are black."""
+                   cmap: str = DEPTH_CMAP) -> np.ndarray:
+    """(H, W) metres -> colour map (near = bright) between vmin and vmax (default: `depth_limits`); invalid (<= 0 or
+    non-finite) pixels are black."""
     depth = np.asarray(depth, dtype=np.float64)
     valid = np.isfinite(depth) & (depth > 0)
-    if not valid.any():
+    limits = depth_limits(depth)
+    if limits is None:
         return np.zeros(depth.shape + (3,), dtype=np.uint8)
-    lo = float(np.percentile(depth[valid], 1)) if vmin is None else vmin
-    hi = float(np.percentile(depth[valid], 99)) if vmax is None else vmax
+    lo = limits[0] if vmin is None else vmin
+    hi = limits[1] if vmax is None else vmax
     t = np.clip((depth - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
     rgb = (matplotlib.colormaps[cmap](t)[..., :3] * 255).astype(np.uint8)
     rgb[~valid] = 0
@@ -73,6 +128,19 @@ def colorize_normals(normals: np.ndarray) -> np.ndarray:
     rgb = np.round((unit + 1.0) / 2.0 * 255.0).astype(np.uint8)
     rgb[norm[..., 0] == 0] = 0
     return rgb
+
+
+def normals_key(size: int = 64) -> np.ndarray:
+    """(size, size, 4) RGBA: the colours of the normals of a sphere seen from the camera (camera frame: x right,
+    y down, z forward, so the facing hemisphere has z < 0); transparent outside the disc."""
+    c = (np.arange(size) + 0.5) / size * 2.0 - 1.0
+    x, y = np.meshgrid(c, c)  # x grows to the right, y downwards, as in the image
+    inside = x**2 + y**2 <= 1.0
+    n = np.stack([x, y, -np.sqrt(np.clip(1.0 - x**2 - y**2, 0.0, 1.0))], axis=-1)  # (size, size, 3)
+    rgba = np.zeros((size, size, 4), dtype=np.uint8)
+    rgba[..., :3] = colorize_normals(n)
+    rgba[..., 3] = np.where(inside, 255, 0)
+    return rgba
 
 
 def to_uint8_image(image: np.ndarray) -> np.ndarray:
@@ -97,7 +165,8 @@ def overlay(image: np.ndarray, strength: np.ndarray, color: Sequence[int] = (255
     return np.round(out).astype(np.uint8)
 
 
-def heatmap_overlay(image: np.ndarray, values: np.ndarray, *, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
+def heatmap_overlay(image: np.ndarray, values: np.ndarray, *, cmap: str = AFFINITY_CMAP,
+                    alpha: float = 0.5) -> np.ndarray:
     """Min-max normalised ``values`` (H, W) in a colour map, blended over the image (Fig. 4 / Fig. 8 style)."""
     v = np.asarray(values, dtype=np.float64)
     span = v.max() - v.min()
@@ -108,14 +177,16 @@ def heatmap_overlay(image: np.ndarray, values: np.ndarray, *, cmap: str = "jet",
 
 
 def colorize(task: str, prediction: np.ndarray, *, image: np.ndarray | None = None,
-             num_classes: int | None = None) -> np.ndarray:
-    """The standard picture of one task's prediction map (see the module docstring for the map conventions)."""
+             num_classes: int | None = None, depth_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The standard picture of one task's prediction map (see the module docstring for the map conventions);
+    ``depth_range`` fixes the ends of the depth colour map (to colour a prediction and its ground truth alike)."""
     kind = TASKS[task].kind if task in TASKS else "classify"
-    if task in ("semseg", "human_parts") or (kind == "classify" and task != "sal"):
+    if task in CLASS_MAP_TASKS or (kind == "classify" and task != "sal"):
         n = num_classes or int(np.max(np.where(prediction == IGNORE_INDEX, 0, prediction))) + 1
         return colorize_labels(prediction, palette(task, n))
     if task == "depth":
-        return colorize_depth(prediction)
+        lo, hi = depth_range or (None, None)
+        return colorize_depth(prediction, vmin=lo, vmax=hi)
     if task == "normals":
         return colorize_normals(prediction)
     if image is not None:  # sal (probability) and edge (probability) over the photo
@@ -123,150 +194,316 @@ def colorize(task: str, prediction: np.ndarray, *, image: np.ndarray | None = No
     return (np.clip(prediction, 0, 1) * 255).round().astype(np.uint8)[..., None].repeat(3, axis=-1)
 
 
+def ground_truth_pictures(raw: Mapping[str, Any], num_classes: Mapping[str, int], *,
+                          depth_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+    """Pictures of a raw (untransformed) sample's labels, in the style of the predictions, with every ignored pixel
+    (`ignored_mask`) drawn as grey stripes. ``raw["image"]`` is (H, W, 3) in [0, 255]."""
+    image = np.asarray(raw["image"], dtype=np.float64) / 255.0
+    pictures = {}
+    for task, n in num_classes.items():
+        gt = raw.get(task)
+        if gt is None:
+            continue
+        shown = (gt == 1).astype(np.float64) if task in ("sal", "edge") else gt
+        picture = colorize(task, shown, image=image, num_classes=n, depth_range=depth_range)
+        pictures[task] = mark_ignored(picture, ignored_mask(task, gt))
+    return pictures
+
+
 # ------------------------------------------------------------------------------------------------- figures
 
 
+def new_figure(width: float, height: float) -> Figure:
+    """A Figure with constrained layout on an Agg canvas (``fig.canvas.draw()`` works; no pyplot)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike | io.BytesIO, *, dpi: int = DPI) -> None:
+    """Write ``fig`` as a PNG. The constrained layout keeps every text inside the canvas; the tight bounding box
+    makes sure of it (and trims the margins)."""
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+
+
+def figure_to_array(fig: Figure, *, dpi: int = DPI) -> np.ndarray:
+    """(H, W, 3) uint8: ``fig`` as `save_figure` writes it (for TensorBoard)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    save_figure(fig, buffer, dpi=dpi)
+    buffer.seek(0)
+    with Image.open(buffer) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def ignored_key() -> Patch:
+    """The legend entry for ignored ground truth (the stripes of `ignore_stripes`)."""
+    dark, light = IGNORE_STRIPES / 255.0
+    return Patch(facecolor=light, edgecolor=dark, hatch="////", label="ignored (not labelled)")
+
+
 def _legend_handles(task: str, num_classes: int, present: np.ndarray | None) -> list[Patch]:
+    """One entry per class present (all classes if None), the largest areas first, at most LEGEND_ENTRIES."""
     names, colors = class_names(task, num_classes), palette(task, num_classes)
-    ids = range(num_classes) if present is None else sorted(int(i) for i in np.unique(present) if i < num_classes)
-    return [Patch(color=colors[i] / 255.0, label=names[i]) for i in ids]
+    if present is None:
+        ids = list(range(num_classes))
+    else:
+        counts = np.bincount(np.asarray(present).astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
+        ids = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
+    shown = sorted(ids[:LEGEND_ENTRIES])
+    handles = [Patch(color=colors[i] / 255.0, label=names[i]) for i in shown]
+    if len(ids) > len(shown):
+        handles.append(Patch(color="none", label=f"+{len(ids) - len(shown)} smaller classes"))
+    return handles
 
 
-def save_panel(path: str | os.PathLike, image: np.ndarray, pictures: Mapping[str, np.ndarray], *,
+def _pretty(task: str) -> str:
+    return TASKS[task].pretty if task in TASKS else task
+
+
+def make_panel(image: np.ndarray, pictures: Mapping[str, np.ndarray], *,
                labels: Mapping[str, np.ndarray] | None = None, num_classes: Mapping[str, int] | None = None,
                title: str | None = None, row_titles: Sequence[str] | None = None,
-               extra_rows: Sequence[Mapping[str, np.ndarray]] = ()) -> None:
-    """Side-by-side panel: the image, then one picture per task (legends for class maps, from ``labels``).
+               extra_rows: Sequence[Mapping[str, np.ndarray]] = (),
+               depth_range: tuple[float, float] | None = None, ignored: bool = False) -> Figure:
+    """Side-by-side panel: the image, then one picture per task; under the last row a legend per class map (its
+    classes in ``labels``), a colour bar for depth (given ``depth_range``, the ends its pictures were coloured
+    with), the normals colour key, and with ``ignored`` the key of ignored ground truth.
 
     ``extra_rows`` adds rows of pictures under the same columns (e.g. the ground truth)."""
     rows = [dict(pictures), *[dict(r) for r in extra_rows]]
     cols = ["image", *pictures]
-    fig = Figure(figsize=(2.6 * len(cols), 2.4 * len(rows) + 0.4))
+    legends = {t: _legend_handles(t, num_classes[t], labels[t]) for t in cols
+               if labels and t in labels and num_classes and t in num_classes}
+    legend_lines = max((math.ceil(len(h) / 2) for h in legends.values()), default=0)
+    keys = max(0.16 * legend_lines + 0.15 if legend_lines else 0.0,  # room under the last row: legends, keys
+               0.9 if "normals" in cols else 0.5 if "depth" in cols and depth_range else 0.0)
+    cell = 2.4 * min(max(image.shape[0] / image.shape[1], 0.4), 1.6)  # the height of a 2.4-inch-wide picture
+    fig = new_figure(2.5 * len(cols) + (0.3 if row_titles else 0.0),
+                     (cell + 0.3) * len(rows) + (0.4 if title else 0.1) + keys + (0.3 if ignored else 0.0))
     axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for r, row in enumerate(rows):
         for c, name in enumerate(cols):
             ax = axes[r][c]
             ax.axis("off")
+            ax.set_anchor("N")  # a picture shorter than its cell sits at the top, with its keys right below
             pic = to_uint8_image(image) if name == "image" else row.get(name)
             if pic is None:
                 continue
             ax.imshow(pic)
             if r == 0:
-                ax.set_title(TASKS[name].pretty if name in TASKS else name, fontsize=9)
+                ax.set_title(_pretty(name), fontsize=9)
             if c == 0 and row_titles:
                 ax.text(-0.05, 0.5, row_titles[r], transform=ax.transAxes, rotation=90, ha="right", va="center",
                         fontsize=9)
-            if r == len(rows) - 1 and labels and name in labels and num_classes and name in num_classes:
-                handles = _legend_handles(name, num_classes[name], labels[name])
-                ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=6,
-                          ncol=2, frameon=False)
+    for ax, name in zip(axes[-1], cols):  # keys under the last row, inside each column
+        if name in legends:
+            ax.legend(handles=legends[name], loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=6, ncol=2,
+                      frameon=False, handlelength=1.2, columnspacing=0.8)
+        elif name == "depth" and depth_range:
+            bar = fig.colorbar(ScalarMappable(Normalize(*depth_range), DEPTH_CMAP),
+                               cax=ax.inset_axes((0.1, -0.1, 0.8, 0.07)), orientation="horizontal")
+            bar.set_label("depth (m)", fontsize=7, labelpad=1)
+            bar.ax.tick_params(labelsize=6)
+        elif name == "normals":
+            key = ax.inset_axes((0.3, -0.42, 0.4, 0.38))
+            key.imshow(normals_key(), extent=(-1, 1, 1, -1))
+            key.set_xticks([-1, 1], ["x−", "x+"], fontsize=6)
+            key.set_yticks([])
+            key.tick_params(length=0, pad=1)
+            key.set_frame_on(False)
+            key.set_xlabel("normal colours: a sphere\n(x right, y down, z forward)", fontsize=6, labelpad=1)
+    if ignored:
+        fig.legend(handles=[ignored_key()], loc="outside lower center", fontsize=7, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
 
 
-def save_affinity_grid(path: str | os.PathLike, image: np.ndarray, maps: Mapping[str, Sequence[np.ndarray]], *,
-                       title: str | None = None) -> None:
+def save_panel(path: str | os.PathLike, image: np.ndarray, pictures: Mapping[str, np.ndarray], **kwargs: Any) -> None:
+    """`make_panel` written to ``path``."""
+    save_figure(make_panel(image, pictures, **kwargs), path)
+
+
+def prediction_panel(image: np.ndarray, maps: Mapping[str, np.ndarray], *, num_classes: Mapping[str, int],
+                     ground_truth: Mapping[str, Any] | None = None, title: str | None = None,
+                     pictures: Mapping[str, np.ndarray] | None = None) -> Figure:
+    """The panel of one image's prediction ``maps`` and, given a raw sample ``ground_truth`` (its labels at the
+    image's size), the ground truth beneath it, coloured alike (one depth range, legends of both rows' classes,
+    ignored pixels striped). ``pictures`` reuses already coloured predictions."""
+    limits = depth_limits(maps["depth"]) if "depth" in maps else None
+    if pictures is None:
+        pictures = {t: colorize(t, m, image=image, num_classes=num_classes.get(t), depth_range=limits)
+                    for t, m in maps.items()}
+    labels = {t: maps[t] for t in CLASS_MAP_TASKS if t in maps}
+    if ground_truth is None:
+        return make_panel(image, pictures, labels=labels, num_classes=num_classes, title=title, depth_range=limits)
+    tasks = {t: num_classes[t] for t in maps if ground_truth.get(t) is not None}
+    truth = ground_truth_pictures(ground_truth, tasks, depth_range=limits)
+    labels = {t: np.concatenate([m.ravel(), np.asarray(ground_truth[t]).ravel()]) for t, m in labels.items()
+              if t in truth}
+    ignored = any(ignored_mask(t, ground_truth[t]).any() for t in truth)
+    return make_panel(image, pictures, labels=labels, num_classes=num_classes, title=title, depth_range=limits,
+                      extra_rows=[truth], row_titles=["prediction", "ground truth"], ignored=ignored)
+
+
+def make_affinity_grid(image: np.ndarray, maps: Mapping[str, Sequence[np.ndarray]], *,
+                       title: str | None = None) -> Figure:
     """Spatial task-prompt affinity (Fig. 4 / 8): rows = tasks, columns = decoding levels; ``maps[task][level]`` is
-    an (H, W) map already resized to the image."""
+    an (H, W) map already resized to the image, drawn min-max normalised in `AFFINITY_CMAP` over the image."""
     tasks = list(maps)
     levels = max(len(v) for v in maps.values())
-    fig = Figure(figsize=(2.2 * (levels + 1), 2.0 * len(tasks) + 0.4))
+    cell = 2.2 * min(max(image.shape[0] / image.shape[1], 0.4), 1.6)
+    fig = new_figure(2.2 * (levels + 1) + 1.0, (cell + 0.1) * len(tasks) + (0.7 if title else 0.4))
     axes = fig.subplots(len(tasks), levels + 1, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")  # (no tick machinery to lay out: half the drawing time)
     for r, task in enumerate(tasks):
         axes[r][0].imshow(to_uint8_image(image))
-        axes[r][0].set_ylabel(TASKS[task].pretty if task in TASKS else task, fontsize=9)
-        for c in range(levels + 1):
-            axes[r][c].set_xticks([])
-            axes[r][c].set_yticks([])
+        axes[r][0].text(-0.04, 0.5, _pretty(task), transform=axes[r][0].transAxes, rotation=90, ha="right",
+                        va="center", fontsize=9)
         for lvl, m in enumerate(maps[task]):
             axes[r][lvl + 1].imshow(heatmap_overlay(image, m))
             if r == 0:
                 axes[r][lvl + 1].set_title(f"level {lvl + 1}", fontsize=9)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), AFFINITY_CMAP), ax=axes, shrink=0.6, aspect=25)
+    bar.set_label("affinity (min to max of each map)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    return fig
+
+
+def save_affinity_grid(path: str | os.PathLike, image: np.ndarray, maps: Mapping[str, Sequence[np.ndarray]], *,
+                       title: str | None = None) -> None:
+    """`make_affinity_grid` written to ``path``."""
+    save_figure(make_affinity_grid(image, maps, title=title), path)
+
+
+def pick_channels(num_channels: int, shown: int = 60, *, seed: int = 0) -> np.ndarray:
+    """``shown`` of ``num_channels`` channel indices, sorted, picked at random with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_channels, size=min(shown, num_channels), replace=False))
+
+
+def make_channel_affinity(affinity: np.ndarray, task_names: Sequence[str], channels: np.ndarray, *,
+                          title: str | None = None) -> Figure:
+    """Channel task-prompt affinity (Fig. 4, right): the (T, C) averaged affinities at ``channels``, each task's
+    row min-max normalised, with a colour bar."""
+    a = np.asarray(affinity, dtype=np.float64)
+    shown = a[:, channels]
+    lo, hi = shown.min(axis=1, keepdims=True), shown.max(axis=1, keepdims=True)
+    shown = (shown - lo) / np.maximum(hi - lo, 1e-12)
+    fig = new_figure(max(5.0, 0.12 * len(channels) + 2.5), 0.45 * len(task_names) + 1.4)
+    ax = fig.subplots()
+    image = ax.imshow(shown, aspect="auto", cmap=CHANNEL_CMAP, interpolation="nearest", vmin=0.0, vmax=1.0)
+    ax.set_yticks(range(len(task_names)), [_pretty(t) for t in task_names], fontsize=8)
+    ax.set_xlabel(f"channel ({len(channels)} of {a.shape[1]})", fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(title or "channel task-prompt affinity", fontsize=9)
+    bar = fig.colorbar(image, ax=ax, aspect=15)
+    bar.set_label("min to max per task", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    return fig
 
 
 def plot_channel_affinity(path: str | os.PathLike, affinity: np.ndarray, task_names: Sequence[str], *,
                           num_channels: int = 60, seed: int = 0, title: str | None = None) -> np.ndarray:
-    """Channel task-prompt affinity (Fig. 4, right): (T, C) averaged affinities, ``num_channels`` channels picked at
-    random (fixed seed), each row min-max normalised. Returns the channel indices shown."""
-    a = np.asarray(affinity, dtype=np.float64)
-    C = a.shape[1]
-    idx = np.sort(np.random.default_rng(seed).choice(C, size=min(num_channels, C), replace=False))
-    shown = a[:, idx]
-    lo, hi = shown.min(axis=1, keepdims=True), shown.max(axis=1, keepdims=True)
-    shown = (shown - lo) / np.maximum(hi - lo, 1e-12)
-    fig = Figure(figsize=(max(4.0, 0.12 * len(idx) + 1.5), 0.45 * len(task_names) + 1.0))
-    ax = fig.subplots()
-    ax.imshow(shown, aspect="auto", cmap="viridis", interpolation="nearest")
-    ax.set_yticks(range(len(task_names)), [TASKS[t].pretty if t in TASKS else t for t in task_names], fontsize=8)
-    ax.set_xlabel(f"channel ({len(idx)} of {C})", fontsize=8)
-    ax.set_xticks([])
-    ax.set_title(title or "channel task-prompt affinity", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    """`make_channel_affinity` of ``num_channels`` channels picked at random (fixed seed), written to ``path``.
+    Returns the channel indices shown."""
+    idx = pick_channels(np.asarray(affinity).shape[1], num_channels, seed=seed)
+    save_figure(make_channel_affinity(affinity, task_names, idx, title=title), path)
     return idx
 
 
-def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Loss curves (train records: ``loss/<task>`` and ``loss/total``) and validation metrics over steps, from the
-    records of metrics.jsonl. Returns the plotted keys."""
+def curve_keys(records: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(loss keys of the train records, metric keys of the val records to plot: each task's primary metric, or
+    every metric when none is a primary one)."""
+    losses = sorted({k for r in records if r.get("split") == "train" for k in r if k.startswith("loss/")})
+    metrics = sorted({k for r in records if r.get("split") == "val" for k in r if k not in ("step", "split")
+                      and "/" in k and not k.split("/")[-1].startswith(("iou_", "class_"))})
+    primary = [k for k in metrics if k.split("/")[0] in TASKS and k.split("/")[-1] == TASKS[k.split("/")[0]].primary]
+    return losses, primary or metrics
+
+
+def metric_title(key: str) -> str:
+    """"semseg/mIoU" -> "Semseg mIoU ↑" (the arrow: which way is better, from the task table)."""
+    task, _, metric = key.rpartition("/")
+    return f"{_pretty(task)} {metric} {'↑' if higher_is_better(metric) else '↓'}".strip()
+
+
+def _series(records: Sequence[Mapping[str, Any]], key: str) -> tuple[tuple, tuple]:
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return tuple(zip(*pts)) if pts else ((), ())
+
+
+def make_training_curves(records: Sequence[Mapping[str, Any]], *, metrics: Sequence[str] | None = None) -> Figure:
+    """Loss curves (``loss/<task>`` and ``loss/total`` of the train records, log scale) and, beside them, one small
+    plot per validation metric (default: each task's primary metric), titled with its direction ("Semseg mIoU ↑",
+    "Depth rmse ↓"): metrics that improve in opposite directions never share an axis."""
     train = [r for r in records if r.get("split") == "train"]
     val = [r for r in records if r.get("split") == "val"]
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss/")})
-    val_keys = sorted({k for r in val for k in r if k not in ("step", "split") and "/" in k
-                       and not k.split("/")[-1].startswith(("iou_", "class_"))})
-    primary = [k for k in val_keys if k.split("/")[0] in TASKS
-               and k.split("/")[-1] == TASKS[k.split("/")[0]].primary] or val_keys
-    two = bool(primary and val)
-    fig = Figure(figsize=(11 if two else 6, 4))
-    axes = fig.subplots(1, 2 if two else 1, squeeze=False)
-    ax = axes[0][0]
+    loss_keys, default_metrics = curve_keys(records)
+    metric_keys = list(default_metrics if metrics is None else metrics) if val else []
+    ncols = min(3, len(metric_keys)) if metric_keys else 0
+    nrows = math.ceil(len(metric_keys) / ncols) if ncols else 0
+    fig = new_figure(5.5 + 2.4 * ncols, max(3.6, 2.1 * nrows + 0.4))
+    if metric_keys:
+        left, right = fig.subfigures(1, 2, width_ratios=[5.5, 2.4 * ncols])
+    else:
+        left, right = fig, None
+    ax = left.subplots()
     for k in loss_keys:
-        pts = [(r["step"], r[k]) for r in train if r.get(k) is not None]
-        if pts:
-            xs, ys = zip(*pts)
+        xs, ys = _series(train, k)
+        if xs:
             ax.plot(xs, ys, label=k.split("/", 1)[1], lw=2.0 if k == "loss/total" else 1.0)
     ax.set_yscale("log")
-    ax.set_xlabel("iteration")
+    ax.set_xlabel("iteration", fontsize=8)
     ax.set_title("training losses (weighted total and per task)", fontsize=9)
-    ax.legend(fontsize=7)
-    if two:
-        ax2 = axes[0][1]
-        for k in primary:
-            pts = [(r["step"], r[k]) for r in val if r.get(k) is not None]
-            if pts:
-                xs, ys = zip(*pts)
-                ax2.plot(xs, ys, marker="o", label=k)
-        ax2.set_xlabel("iteration")
-        ax2.set_title("validation metrics", fontsize=9)
-        ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return loss_keys + primary
+    ax.tick_params(labelsize=7)
+    if loss_keys:
+        ax.legend(fontsize=7)
+    if right is not None:
+        grid = right.subplots(nrows, ncols, squeeze=False)
+        for i, ax in enumerate(grid.ravel()):
+            if i >= len(metric_keys):
+                ax.axis("off")
+                continue
+            xs, ys = _series(val, metric_keys[i])
+            ax.plot(xs, ys, marker="o", ms=3)
+            ax.set_title(metric_title(metric_keys[i]), fontsize=9)
+            ax.set_xlabel("iteration", fontsize=7)
+            ax.tick_params(labelsize=7)
+        right.suptitle("validation", fontsize=9)
+    return fig
+
+
+def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """`make_training_curves` of the records of metrics.jsonl, written to ``path``. Returns the plotted keys."""
+    save_figure(make_training_curves(records), path)
+    losses, metrics = curve_keys(records)
+    return losses + (metrics if any(r.get("split") == "val" for r in records) else [])
 
 
 def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mapping[str, np.ndarray], *,
                      num_classes: Mapping[str, int], spatial_affinity: Mapping[str, Sequence[np.ndarray]] | None = None,
                      channel_affinity: Sequence[np.ndarray | None] = (), task_names: Sequence[str] = ()) -> None:
-    """One image's outputs: per task ``<task>.png`` (coloured) and ``<task>.npy`` (raw map), ``panel.png``; with
-    affinities ``affinity/spatial.png`` (tasks x levels), ``affinity/<task>_level<k>.png`` and
-    ``affinity/channel_level<k>.png``."""
+    """One image's outputs in ``out_dir``: per task ``<task>.png`` (coloured) and ``<task>.npy`` (the map: class ids
+    as given -- `Predictor` gives the smallest unsigned type --, everything else float32), ``panel.png``; with
+    affinities ``affinity/spatial.png`` (tasks x levels, colour bar), ``affinity/<task>_level<k>.png`` (the map over
+    the image at full size) and ``affinity/channel_level<k>.png``."""
     from PIL import Image
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    limits = depth_limits(maps["depth"]) if "depth" in maps else None
     pictures = {}
     for task, m in maps.items():
-        np.save(out / f"{task}.npy", m)
-        pictures[task] = colorize(task, m, image=image, num_classes=num_classes.get(task))
+        np.save(out / f"{task}.npy", m if np.asarray(m).dtype.kind in "ui" else np.asarray(m, dtype=np.float32))
+        pictures[task] = colorize(task, m, image=image, num_classes=num_classes.get(task), depth_range=limits)
         Image.fromarray(pictures[task]).save(out / f"{task}.png")
-    class_maps = {t: m for t, m in maps.items() if t in ("semseg", "human_parts")}
-    save_panel(out / "panel.png", image, pictures, labels=class_maps, num_classes=num_classes)
+    save_figure(prediction_panel(image, maps, num_classes=num_classes, pictures=pictures), out / "panel.png")
     if spatial_affinity:
         aff = out / "affinity"
         aff.mkdir(exist_ok=True)

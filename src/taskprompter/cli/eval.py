@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..engine.distributed import default_device
 from ..engine.evaluate import evaluate_checkpoint, format_table
+from ..engine.rundir import check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.device:
+        default_device(args.device, option="--device ")  # a CUDA device this machine lacks: one line
+    for folder in (args.out, args.save_predictions):
+        if folder:
+            check_writable(Path(folder))  # before the evaluation, not after it
     record = evaluate_checkpoint(args.checkpoint, config=args.config,
                                  overrides=[item for group in args.overrides for item in group], split=args.split,
                                  save_predictions=args.save_predictions, out=args.out, batch_size=args.batch_size,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from ..engine.rundir import check_writable
 from ..errors import CheckpointError, ConfigError
 from ..export import FORMATS, check_onnx, export_onnx, load_for_export, output_tasks
 
@@ -21,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.opset < 14:
         raise ConfigError(f"--opset {args.opset}: the attention needs opset 14 or later")
+    check_writable(Path(args.out).parent)  # an output folder that cannot be written fails before the export
     try:
         model = load_for_export(args.checkpoint)
     except FileNotFoundError as err:

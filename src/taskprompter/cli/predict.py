@@ -1,48 +1,66 @@
-"""`taskprompter predict`: run a model on your own images of any size; maps, figures and affinities per image."""
+"""`taskprompter predict`: run a model on your own images of any size; maps, figures and affinities per image.
+
+Every image gets its own folder under ``--out`` (named by `inference.output_names`: the file's stem, or its path
+relative to the inputs' common folder where stems are shared). An image that cannot be read is skipped and the run
+goes on; the skipped files are listed at the end, one line each on stderr, and the exit status is 1. A run with no
+image at all is a one-line error (exit status 2) that writes nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-import numpy as np
+from tqdm import tqdm
 
-from ..inference import Predictor, find_images, read_image
-from ..visualize import plot_channel_affinity, write_prediction
+from ..engine.distributed import default_device
+from ..engine.rundir import check_writable
+from ..errors import TaskPrompterError
+from ..inference import Predictor, find_images, output_names, read_image
+from ..visualize import write_prediction
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (or run directory -> last)")
-    parser.add_argument("--input", required=True, nargs="+", help="image file(s), directory or glob pattern")
+    parser.add_argument("--input", required=True, nargs="+",
+                        help="image file(s), directory or glob pattern (hidden files and non-images in directories "
+                             "and globs are skipped)")
     parser.add_argument("--out", required=True, help="output directory (one folder per image)")
     parser.add_argument("--affinity", action="store_true",
-                        help="also write spatial task-prompt affinity maps per task and level, and the channel "
-                             "affinity plot (paper Figs. 4, 8)")
+                        help="also write, in each image's folder under affinity/, the spatial task-prompt affinity "
+                             "maps per task and level and the channel affinity plot per level (paper Figs. 4, 8)")
     parser.add_argument("--sliding-window", action="store_true",
                         help="run model-sized windows over the image at its own resolution (large images)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def run(args: argparse.Namespace) -> int:
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
+    images = find_images(args.input)  # before the model loads: a wrong path fails at once, with nothing written
+    names = output_names(images)
+    device = default_device(args.device, option="--device ")  # a CUDA device this machine lacks: one line
+    check_writable(Path(args.out))  # an output folder that cannot be written fails before the model loads
+    predictor = Predictor.from_pretrained(args.checkpoint, device=str(device))
     out = Path(args.out)
-    images = find_images(args.input)
-    channel: list[list[np.ndarray | None]] = []
-    used: set[str] = set()
-    for path in images:
-        name = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
-        used.add(name)
-        image = read_image(path)
-        pred = predictor.predict(image, sliding_window=args.sliding_window, affinity=args.affinity)
-        write_prediction(out / name, image, pred.maps, num_classes=predictor.num_classes,
+    failed: list[str] = []
+    bar = tqdm(images, desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True)
+    for path in bar:
+        bar.set_postfix_str(path.name, refresh=False)
+        try:
+            image = read_image(path)
+            pred = predictor.predict(image, sliding_window=args.sliding_window, affinity=args.affinity)
+        except TaskPrompterError as err:  # an unreadable file: note it, go on with the others
+            failed.append(str(err))
+            continue
+        write_prediction(out / names[path], image, pred.maps, num_classes=predictor.num_classes,
                          spatial_affinity=pred.spatial_affinity, channel_affinity=pred.channel_affinity,
                          task_names=predictor.tasks)
-        channel.append(pred.channel_affinity)
-        print(f"{path} ({image.shape[1]}x{image.shape[0]}) -> {out / name}")
-    for k in range(len(channel[0]) if channel else 0):  # the paper averages channel affinity over all images
-        per_image = [c[k] for c in channel if c[k] is not None]
-        if per_image:
-            plot_channel_affinity(out / f"channel_affinity_level{k + 1}.png", np.mean(per_image, axis=0),
-                                  predictor.tasks, title=f"channel task-prompt affinity, level {k + 1}, "
-                                  f"mean over {len(per_image)} image(s)")
-    return 0
+        tqdm.write(f"{path} ({image.shape[1]}x{image.shape[0]}) -> {out / names[path]}", file=sys.stdout)
+    bar.close()
+    for reason in failed:
+        print(f"taskprompter predict: skipped: {reason}", file=sys.stderr)
+    if failed:
+        done = len(images) - len(failed)
+        print(f"taskprompter predict: {len(failed)} of {len(images)} image(s) failed; "
+              + (f"the other {done} are in {out}" if done else "nothing was written"), file=sys.stderr)
+    return 1 if failed else 0

@@ -31,13 +31,15 @@ DATASET_TASKS: dict[str, dict[str, int]] = {name: dict(spec.tasks) for name, spe
 
 
 def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str] | None,
-                  transform: Transform | None = None) -> TaskDataset:
-    """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format)."""
+                  transform: Transform | None = None, *, edge_protocol: str = "train") -> TaskDataset:
+    """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format).
+    ``edge_protocol="seism"`` gives the boundary ground truth of the published evaluation as the edge target
+    instead of the training labels (``boundaries.py``)."""
     if format not in DATASETS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of {list(DATASETS)}")
     if tasks is None and format in DATASET_SPECS:
         tasks = list(DATASET_SPECS[format].tasks)
-    return DATASETS[format](root, split, tasks, transform=transform)
+    return DATASETS[format](root, split, tasks, transform=transform, edge_protocol=edge_protocol)
 
 
 DATASETS: dict[str, Callable[..., TaskDataset]] = {

@@ -6,7 +6,10 @@ Nothing is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from torch.utils.data import Dataset, Subset
 
 from ..errors import TaskPrompterError
 from . import build_dataset
@@ -52,3 +55,14 @@ def check_dataset(fmt: str, root: Path, splits: Sequence[str] | None = None,
                 problems.append(f"[{split}] {sample_id}: {message}")
             checked += 1
     return checked, problems
+
+
+def header_problems(ds: Dataset, *, shard: tuple[int, int] = (0, 1), threads: int = 8) -> tuple[int, list[str]]:
+    """`TaskDataset.check_headers` over every sample of ``ds`` (a reader, or a Subset of one) in ``shard`` (rank,
+    world size): (samples checked, problems, each prefixed with split and id). Headers only, so a split of thousands
+    takes seconds; the threads overlap file-system latency."""
+    base, indices = (ds.dataset, list(ds.indices)) if isinstance(ds, Subset) else (ds, list(range(len(ds))))
+    mine = indices[shard[0]::shard[1]]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        found = list(pool.map(base.check_headers, mine))
+    return len(mine), [f"[{base.split}] {base.ids[i]}: {m}" for i, problems in zip(mine, found) for m in problems]

@@ -92,7 +92,7 @@ class CustomDataset(TaskDataset):
     format = "custom"
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str] | None = None,
-                 transform: Transform | None = None) -> None:
+                 transform: Transform | None = None, edge_protocol: str = "train") -> None:
         root = Path(root).expanduser()
         self.config = load_config(root)
         self.specs: dict[str, dict] = self.config["tasks"]
@@ -101,7 +101,7 @@ class CustomDataset(TaskDataset):
         self.classes = {t: list(s["classes"]) for t, s in self.specs.items() if "classes" in s}
         split_dir = root / self.config.get("split_dir", "splits")
         ids = read_split(split_dir / f"{split}.txt", available=list_splits(split_dir))
-        super().__init__(root, split, list(self.specs) if tasks is None else tasks, ids, transform)
+        super().__init__(root, split, list(self.specs) if tasks is None else tasks, ids, transform, edge_protocol)
         self.image_dir = root / self.config.get("image_dir", "images")
 
     def image_path(self, sample_id: str) -> Path:

@@ -5,6 +5,7 @@ Nothing here writes: readers open files read-only and never create caches next t
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,90 @@ def read_normals_png(path: Path) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[2] < 3:
         raise DataError(f"{path}: normals must be an RGB PNG, got shape {arr.shape} (wrong shape)")
     return arr[..., :3].astype(np.float32) * (2.0 / 255.0) - 1.0
+
+
+# What a file must end with: a file cut short (a copy or download that stopped) lacks it. A JPEG's end-of-image marker
+# cannot occur inside its entropy-coded data, so finding it in the last few KiB tolerates trailing metadata.
+END_MARKERS = {".png": (b"IEND", 64), ".jpg": (b"\xff\xd9", 4096), ".jpeg": (b"\xff\xd9", 4096)}
+
+
+def header_size(path: Path, *, what: str) -> tuple[int, int] | None:
+    """(H, W) of an image, label PNG, .npy or .mat file read from its header alone -- no pixel is decoded -- or
+    None where the header holds no single 2-D map. A missing, unidentifiable or truncated file is a DataError naming
+    it (`problems` finds the rest: label values, NaNs, struct contents)."""
+    if not path.is_file():
+        raise _missing(path, what)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return _npy_header_size(path)
+        if suffix == ".mat":
+            import scipy.io
+
+            if _mat_cut_short(path):
+                raise DataError(f"truncated {what}: {path} (its last variable ends after the end of the file: cut "
+                                "short by a copy or download?)")
+            arrays = [shape for _, shape, kind in scipy.io.whosmat(str(path))
+                      if kind not in ("struct", "cell", "char") and len(shape) == 2 and shape != (1, 1)]
+            return tuple(arrays[0]) if len(arrays) == 1 else None
+        with Image.open(path) as img:  # reads the header only
+            width, height = img.size
+        marker, tail = END_MARKERS.get(suffix, (b"", 0))
+        if marker:
+            with open(path, "rb") as fh:
+                fh.seek(max(path.stat().st_size - tail, 0))
+                if marker not in fh.read():
+                    raise DataError(f"truncated {what}: {path} (it does not end like a {suffix[1:].upper()} file: "
+                                    "cut short by a copy or download?)")
+        return height, width
+    except DataError:
+        raise
+    except Exception as err:  # PIL, NumPy and SciPy raise OSError, ValueError, IndexError ... for bad files
+        raise DataError(f"unreadable {what}: {path} ({type(err).__name__}: {err})") from err
+
+
+MI_COMPRESSED = 15  # MATLAB v5 data type of a zlib-compressed variable
+
+
+def _mat_cut_short(path: Path) -> bool:
+    """Whether a MATLAB v5 file ends before its last variable does: each top-level data element's tag holds its byte
+    count, so walking the tags finds a truncation without reading the data. Other versions: False."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        header = fh.read(128)
+        if len(header) < 128 or header[126:128] not in (b"IM", b"MI"):
+            return False
+        order = "<" if header[126:128] == b"IM" else ">"
+        position = 128
+        while position < size:
+            fh.seek(position)
+            tag = fh.read(8)
+            if len(tag) < 8:
+                return True
+            kind, nbytes = struct.unpack(f"{order}II", tag)
+            if kind >> 16:  # a small data element: tag and data in these 8 bytes
+                position += 8
+                continue
+            end = position + 8 + nbytes
+            if end > size:
+                return True
+            position = end if kind == MI_COMPRESSED else end + (-nbytes % 8)  # others are padded to 8 bytes
+    return False
+
+
+def _npy_header_size(path: Path) -> tuple[int, int] | None:
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(fh)
+        data_start = fh.tell()
+    if dtype.hasobject:
+        raise ValueError("holds Python objects (pickles are refused)")
+    expected = data_start + int(np.prod(shape)) * dtype.itemsize
+    if path.stat().st_size < expected:
+        raise ValueError(f"file is {path.stat().st_size} bytes, its header promises {expected}: truncated")
+    dims = [n for n in shape if n != 1] if len(shape) == 3 else list(shape)
+    return (int(dims[0]), int(dims[1])) if len(dims) == 2 else None
 
 
 def read_split(path: Path, *, available: list[str] | None = None) -> list[str]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
+from .boundaries import seism_ground_truth
 from .fileio import list_splits, read_depth_npy, read_image, read_label_png, read_normals_png, read_split
 from .sample import check_labels
 
@@ -30,10 +31,11 @@ class NYUD(TaskDataset):
     format = "nyud"
     task_channels = dict(DATASET_SPECS[format].tasks)
 
-    def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None,
+                 edge_protocol: str = "train") -> None:
         root = resolve_root(root, marker="gt_sets", subdir="NYUDv2")
         ids = read_split(root / "gt_sets" / f"{split}.txt", available=list_splits(root / "gt_sets"))
-        super().__init__(root, split, tasks, ids, transform)
+        super().__init__(root, split, tasks, ids, transform, edge_protocol)
 
     def image_path(self, sample_id: str) -> Path:
         return self.root / "images" / f"{sample_id}.png"
@@ -64,3 +66,7 @@ class NYUD(TaskDataset):
     def load_edge(self, sample_id: str) -> np.ndarray:
         stored = read_label_png(self.task_path("edge", sample_id), what="edge")
         return (stored > 127).astype(np.int64)
+
+    def load_edge_seism(self, sample_id: str) -> np.ndarray:
+        """SEISM reads the edge PNG as a segmentation: the boundaries of its edge regions, thinned."""
+        return seism_ground_truth(self.load_edge(sample_id)).astype(np.int64)

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DataError
 from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
-from .boundaries import context_edges
+from .boundaries import context_edges, seism_ground_truth
 from .classes import NUM_CONTEXT_CLASSES, PERSON_PART_IDS, VOC_PERSON, context_normals_valid_ids
 from .fileio import list_splits, read_image, read_label_png, read_mat, read_normals_png, read_split
 from .sample import check_labels
@@ -77,11 +77,12 @@ class PascalContext(TaskDataset):
     format = "pascal_context"
     task_channels = dict(DATASET_SPECS[format].tasks)
 
-    def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None) -> None:
+    def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None,
+                 edge_protocol: str = "train") -> None:
         root = resolve_root(root, marker="ImageSets", subdir="PASCALContext")
         splits = root / "ImageSets" / "Context"
         ids = read_split(splits / f"{split}.txt", available=list_splits(splits))
-        super().__init__(root, split, tasks, ids, transform)
+        super().__init__(root, split, tasks, ids, transform, edge_protocol)
         self._shapes: dict[str, tuple[int, int]] = {}
 
     # -- paths --------------------------------------------------------------------------------------------
@@ -101,6 +102,10 @@ class PascalContext(TaskDataset):
             "normals": self.root / "normals_distill" / f"{sample_id}.png",
             "edge": self.context_path(sample_id),
         }[task]
+
+    def header_files(self, sample_id: str) -> list[tuple[str, Path]]:
+        extra = [("normals mask (LabelMap)", self.context_path(sample_id))] if "normals" in self.tasks else []
+        return super().header_files(sample_id) + extra
 
     # -- loaders ------------------------------------------------------------------------------------------
     def load_image(self, sample_id: str) -> np.ndarray:
@@ -158,3 +163,6 @@ class PascalContext(TaskDataset):
 
     def load_edge(self, sample_id: str) -> np.ndarray:
         return context_edges(self.load_label_map(sample_id))
+
+    def load_edge_seism(self, sample_id: str) -> np.ndarray:
+        return seism_ground_truth(self.load_label_map(sample_id)).astype(np.int64)

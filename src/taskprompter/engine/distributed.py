@@ -32,12 +32,34 @@ class Dist:
         return self.world_size > 1
 
 
-def default_device(name: str = "auto") -> torch.device:
+def default_device(name: str = "auto", *, option: str = "train.device=") -> torch.device:
+    """The device ``name`` means (auto: CUDA when there is one); a CUDA device this machine lacks is a ConfigError
+    that says how to choose another (``option``: how the caller's user spells the choice, e.g. "--device ")."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{name}' requested but CUDA is not available (use train.device=cpu)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device '{name}' is not a device name; use {option}cpu, {option}cuda or "
+                          f"{option}cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{name}' requested but CUDA is not available on this machine (use "
+                              f"{option}cpu)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device '{name}' requested but this machine has {count} CUDA device(s) (use "
+                              f"{option}cuda:0 .. cuda:{count - 1})")
+    return device
+
+
+def gather_objects(obj: object) -> list[object]:
+    """``obj`` of every process, in rank order (``[obj]`` in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[object] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
 
 
 def init_distributed(device: str = "auto") -> Dist:

@@ -26,12 +26,16 @@ from ..config import Config, apply_overrides, from_dict, load_config
 from ..data import build_dataset, collate
 from ..data.sampling import shard_indices
 from ..data.transforms import eval_transform
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TaskPrompterError
 from ..inference import logits_to_map
 from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
-from .distributed import Dist, cleanup_distributed, init_distributed
+from .distributed import Dist, all_reduce_sum_, cleanup_distributed, init_distributed
+
+
+class NonFiniteOutputError(TaskPrompterError):
+    """The model produced NaN or Inf during evaluation; no metrics are reported."""
 
 
 def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root: str | None = None,
@@ -49,7 +53,8 @@ def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root:
 
 
 def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
-    ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, eval_transform(tuple(cfg.data.size)))
+    ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, eval_transform(tuple(cfg.data.size)),
+                       edge_protocol="seism")  # boundaries are scored against SEISM's ground truth
     if cfg.data.max_val_samples and len(ds) > cfg.data.max_val_samples:
         ds = Subset(ds, list(range(cfg.data.max_val_samples)))
     return ds
@@ -119,21 +124,46 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
         from tqdm import tqdm
 
         loader = tqdm(loader, desc="eval", dynamic_ncols=True)
+    broken = ""  # the first non-finite output of this process: "task on sample id"
     for batch in loader:
         images = batch["image"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             outputs = model(images)  # {task: (B, C_t, H, W)} at the (padded) label resolution
         outputs = {t: outputs[t].float().cpu() for t in tasks}
+        broken = first_non_finite(outputs, batch["meta"])
+        if broken:  # metrics of NaN/Inf outputs would look plausible (argmax of NaN is 0): stop instead
+            break
         for task in tasks:
             meters[task].update(outputs[task], batch[task])
         if save_dir is not None:
             save_predictions(Path(save_dir), outputs, batch["meta"])
     model.train(was_training)
+    _raise_if_non_finite(broken, dist)
     results = {}
     for task in tasks:
         meters[task].all_reduce()
         results[task] = meters[task].compute()
     return results
+
+
+def first_non_finite(outputs: Mapping[str, torch.Tensor], metas: list[dict[str, Any]]) -> str:
+    """"task on sample ID" for the first output holding NaN or Inf, or "" when all are finite."""
+    for task, logits in outputs.items():
+        bad = ~torch.isfinite(logits).flatten(1).all(1)  # (B,)
+        if bad.any():
+            return f"{task} on sample {metas[int(bad.nonzero()[0])]['id']}"
+    return ""
+
+
+def _raise_if_non_finite(broken: str, dist: Dist) -> None:
+    """Every process stops together (the meters' all-reduce would otherwise wait for the one that stopped)."""
+    flag = torch.tensor([1.0 if broken else 0.0])
+    if dist.enabled:
+        flag = all_reduce_sum_(flag.to(dist.device)).cpu()
+    if flag.item() > 0:
+        where = broken or "a sample of another process"
+        raise NonFiniteOutputError(f"the model's outputs are NaN or infinite for {where}: metrics not reported "
+                                   "(check the checkpoint's weights, e.g. after a diverged run, and the input)")
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

@@ -4,7 +4,9 @@
     <out_dir>/git_sha.txt     the commit of the code that ran (and whether the tree was dirty)
     <out_dir>/metrics.jsonl   one JSON object per line: {"step", "split": "train"|"val", ...numbers}
     <out_dir>/train.log       the log lines printed to the console
-    <out_dir>/tb/             TensorBoard events, when tensorboard is installed
+    <out_dir>/tb/             TensorBoard events, when tensorboard is installed: every logged number (scalars), the
+                              run's resolved config (HPARAMS tab, with each task's primary metric) and, at every
+                              evaluation, the prediction panels of the first validation images (IMAGES tab)
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, write_config
+from ..config import Config, to_dict, write_config
+from ..inference import Predictor
+from ..tasks import TASKS
+from ..visualize import figure_to_array, prediction_panel
+
+PANEL_IMAGES = 2  # validation images whose prediction panels TensorBoard shows at every evaluation
 
 
 def git_sha() -> str:
@@ -110,6 +117,19 @@ class RunLog:
                 self.tb = SummaryWriter(str(self.dir / "tb"), purge_step=resume_step)
             except Exception:  # tensorboard not installed: the JSONL file is the record
                 self.tb = None
+        if self.tb is not None:
+            self._log_hparams(cfg)
+
+    def _log_hparams(self, cfg: Config) -> None:
+        """The resolved config as TensorBoard hyper-parameters (dotted keys; lists and None as text), with each
+        trained task's primary validation metric, in this run's own event file."""
+        from torch.utils.tensorboard.summary import hparams
+
+        values = {k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+                  for k, v in flatten_config(to_dict(cfg)).items()}
+        metrics = {f"val/{t}/{TASKS[t].primary}": 0.0 for t in cfg.data.tasks if t in TASKS}
+        for summary in hparams(values, metrics):  # experiment, session start, session end
+            self.tb.file_writer.add_summary(summary)
 
     def _truncate_after(self, step: int) -> None:
         if not self.metrics_file.is_file():
@@ -135,10 +155,38 @@ class RunLog:
                 if math.isfinite(v):
                     self.tb.add_scalar(f"{split}/{k}", v, step)
 
+    def log_panels(self, step: int, model: Any, dataset: Any, *, count: int = PANEL_IMAGES) -> None:
+        """TensorBoard images ``val/panel/<id>``: the prediction panel (prediction above ground truth) of the first
+        ``count`` samples of ``dataset`` (a reader or a Subset of one), by the model as it is at ``step``. Leaves the
+        model in eval mode."""
+        if self.tb is None:
+            return
+        reader, indices = getattr(dataset, "dataset", dataset), list(getattr(dataset, "indices", range(len(dataset))))
+        predictor = Predictor(model, device=next(model.parameters()).device)
+        for index in indices[:count]:
+            raw = reader.load_raw(index)
+            image = raw["image"] / 255.0  # (H, W, 3) in [0, 1]
+            maps = predictor.predict(image).maps
+            fig = prediction_panel(image, maps, num_classes=predictor.num_classes, ground_truth=raw,
+                                   title=f"validation image {raw['meta']['id']}, step {step}")
+            self.tb.add_image(f"val/panel/{raw['meta']['id']}", figure_to_array(fig), step, dataformats="HWC")
+        self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
             self.tb = None
+
+
+def flatten_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-4}} -> {"optim.lr": 1e-4}; empty sections stay as {} values."""
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            flat.update(flatten_config(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -6,44 +6,106 @@
 Determinism: the data order and every sample's augmentation come from (seed, global position), and torch's RNG
 (drop-path) is re-seeded from (seed, step, rank) at each step, so ``--resume`` continues exactly where a killed run
 stopped -- on the CPU the final weights equal an uninterrupted run's, bit for bit.
+
+Work is never lost by accident: a run directory that holds a previous run needs ``--resume`` or ``--overwrite``, and a
+lock keeps a second process out (`rundir.py`); nothing is written before every check has passed (the config against
+the model, every sample's file headers, the whole checkpoint to resume, room on disk); a checkpoint is written before
+each evaluation, and only with finite weights; Ctrl-C or SIGTERM finishes the step, writes ``last`` and names the
+command that resumes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config, to_dict
+from ..config import Config, closest_key, to_dict
 from ..data import build_dataset, collate
+from ..data.check import header_problems
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
 from ..data.transforms import train_transform
-from ..errors import CheckpointError, ConfigError, TaskPrompterError
+from ..errors import CheckpointError, ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
-from ..model.build import build_variant
+from ..model.build import VARIANTS, build_variant, preset_kwargs
 from ..model.io import load_state_exactly
 from ..model.pretrained import load_vit_weights
 from . import checkpoint as ck
 from . import distributed as dist_utils
+from . import rundir
 from .distributed import Dist, init_distributed, unwrap, wrap_model
 from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
-from .logging import RunLog, get_logger
+from .logging import RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 
+# what to change before resuming after a non-finite loss or weight
+SAME_AGAIN = " after lowering optim.lr (the same data and seed would reach the same values again)"
 
-class NonFiniteLossError(TaskPrompterError):
-    """A loss became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+class NonFiniteError(TaskPrompterError):
+    """A loss or a weight became NaN or infinite; training stops and the last good checkpoint is kept."""
+
+
+class NonFiniteLossError(NonFiniteError):
+    """A loss became NaN or infinite (checked before its backward pass)."""
+
+
+class NonFiniteWeightsError(NonFiniteError):
+    """An optimiser step left a weight or buffer NaN or infinite (checked before every checkpoint)."""
+
+
+def constructor_arguments(variant: str) -> dict[str, inspect.Parameter]:
+    """The keyword arguments ``model.overrides`` may set for a ``model.variant`` (a variant that forwards ``**kwargs``
+    takes the TaskPrompter's)."""
+    params = dict(inspect.signature(VARIANTS[variant]).parameters)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        params |= inspect.signature(VARIANTS["taskprompter"]).parameters
+    return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def check_model_config(cfg: Config) -> None:
+    """``model.overrides`` names constructor arguments and ``data.size`` fits the patch grid: ConfigErrors that name
+    the key and the closest valid one, before anything is built."""
+    if cfg.model.variant not in VARIANTS:
+        raise ConfigError(f"model.variant '{cfg.model.variant}' is not one of {sorted(VARIANTS)}")
+    allowed = constructor_arguments(cfg.model.variant)
+    run_keys = {"tasks": "data.tasks", "img_size": "data.size"}
+    for name in cfg.model.overrides:
+        if name in run_keys:
+            raise ConfigError(f"model.overrides.{name} is set by the run: use {run_keys[name]} instead")
+        if name not in allowed:
+            close = closest_key(name, sorted(set(allowed) - set(run_keys)))
+            hint = f"did you mean 'model.overrides.{close}'?" if close else f"the arguments are {sorted(allowed)}"
+            raise ConfigError(f"unknown model.overrides key '{name}' ({VARIANTS[cfg.model.variant].__name__} has "
+                              f"no such argument); {hint}")
+    patch = preset_kwargs(cfg.model.name, **cfg.model.overrides).get("patch_size", allowed["patch_size"].default)
+    if any(side % patch for side in cfg.data.size):
+        fit = [max(patch, round(side / patch) * patch) for side in cfg.data.size]
+        raise ConfigError(f"data.size {list(cfg.data.size)} must be multiples of the patch size {patch} of "
+                          f"{cfg.model.name}, e.g. data.size={fit}")
 
 
 def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
-    """The configured preset with this run's tasks and input size (``model.overrides`` on top)."""
-    return build_variant(cfg.model.variant, cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size),
-                         **cfg.model.overrides)
+    """The configured preset with this run's tasks and input size (``model.overrides`` on top); a value the model
+    refuses is a ConfigError."""
+    check_model_config(cfg)
+    try:
+        return build_variant(cfg.model.variant, cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size),
+                             **cfg.model.overrides)
+    except (ValueError, AssertionError) as err:
+        raise ConfigError(f"{cfg.model.name} with data.size={list(cfg.data.size)} and model.overrides="
+                          f"{dict(cfg.model.overrides)}: {err}") from err
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
@@ -73,14 +135,25 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
-    """Train ``cfg``; returns {"step", "metrics" (last evaluation), "out_dir"}."""
+def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -> dict[str, Any]:
+    """Train ``cfg``; returns {"step", "metrics" (last evaluation), "out_dir", "best", "is_main"}.
+
+    ``resume``: True continues the run in ``train.out_dir`` from the newer of its ``last`` and ``best`` (a run without
+    a checkpoint starts at step 0; a damaged one is an error), a path continues that checkpoint. ``overwrite`` replaces
+    a previous run in ``train.out_dir``; with neither, a previous run there is an error. Nothing is written before
+    every check has passed: the run directory (writable, not held by another process, room for the checkpoints), the
+    model against the config, every training and validation sample's file headers, the whole checkpoint to resume."""
     d = init_distributed(cfg.train.device)
     if cfg.train.cpu_threads > 0:
         torch.set_num_threads(cfg.train.cpu_threads)
     out_dir = Path(cfg.train.out_dir)
-    log = get_logger(is_main=d.is_main)
+    log = EarlyNotes()  # until the run starts: a refused run prints its one-line error and nothing else
+    lock, stop, run = rundir.RunLock(out_dir), StopRequest(), None
     try:
+        # -- checks: nothing is written until all of them have passed
+        rundir.check_reuse(out_dir, resume=resume, overwrite=overwrite)
+        _on_main(d, partial(_probe_run_dir, out_dir, lock))
+        check_model_config(cfg)
         tasks = task_channels(cfg.data.format, cfg.data.tasks, cfg.data.root, cfg.data.train_split)
         train_ds = build_dataset(cfg.data.format, cfg.data.root, cfg.data.train_split, list(tasks),
                                  train_transform(tuple(cfg.data.size), list(tasks), scale=tuple(cfg.data.scale_range),
@@ -88,56 +161,77 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
                                                  photometric=cfg.data.photometric))
         val_ds = build_eval_dataset(cfg, cfg.data.val_split, list(tasks))
         micro_batch_size(cfg.train.batch_size, d.world_size, cfg.train.accum_steps)  # fail before any output
-        ckpt = _find_resume(resume, out_dir, log)
+        spec = best_metric_spec(cfg.train.best_metric, list(tasks))
+        if cfg.data.check_files:
+            _check_files([train_ds, val_ds], cfg, d, log)
+        point = _find_resume(resume, out_dir, log)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
         amp_dtype, use_scaler = amp_settings(cfg, d.device, log)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        start_step, best = 0, None
-        if ckpt is not None:
-            state = ckpt.train_state()
-            load_state_exactly(model, ckpt.state_dict(), source=str(ckpt.path))
-            load_optimizer_state(optimizer, state["optimizer"], cfg.optim)
-            if state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            start_step, best = int(state["step"]), state.get("best")
-            _warn_config_changes(ckpt, cfg, log)
+        start_step, best, metrics, evaluated, saved = 0, None, {}, None, None
+        if point is not None:
+            load_state_exactly(model, point.weights, source=str(point.checkpoint.path))
+            load_optimizer_state(optimizer, point.state["optimizer"], cfg.optim)
+            if point.state.get("scaler"):
+                scaler.load_state_dict(point.state["scaler"])
+            meta = point.checkpoint.meta
+            start_step, best = point.step, meta.get("best", point.state.get("best"))
+            metrics, evaluated = meta.get("metrics") or {}, meta.get("metrics_step")
+            saved = start_step if point.checkpoint.path.name.split(".")[0] == "last" else None
+            if start_step > cfg.optim.max_iters:
+                raise ConfigError(f"optim.max_iters={cfg.optim.max_iters} is below the step {start_step} of "
+                                  f"{point.checkpoint.path}: raise it to continue training")
+            _warn_config_changes(point.checkpoint, cfg, log)
         elif cfg.model.pretrained:
             load_pretrained(model, cfg.model.pretrained, log)
-        run = RunLog(out_dir, cfg, is_main=d.is_main, resume_step=start_step if ckpt else None)
-        log = get_logger(is_main=d.is_main, log_file=out_dir / "train.log" if d.is_main else None)
-        log.info(f"{'resuming at step ' + str(start_step) if ckpt else 'training'}: {cfg.model.name}, tasks "
-                 f"{list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
+        # -- the run starts: lock its directory, clear an overwritten run, write the run's files
+        _on_main(d, partial(_start_run, out_dir, lock, resume=resume, overwrite=overwrite,
+                            checkpoint_bytes=_checkpoint_bytes(model), log=log))
+        run = RunLog(out_dir, cfg, is_main=d.is_main, resume_step=start_step if point else None)
+        notes, log = log, get_logger(is_main=d.is_main, log_file=out_dir / "train.log" if d.is_main else None)
+        log.info(f"{f'resuming at step {start_step} from {point.checkpoint.path}' if point else 'training'}: "
+                 f"{cfg.model.name}, tasks {list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
+        notes.replay(log)
         net = wrap_model(model, d, sync_bn=cfg.train.sync_bn)
         criterion = MultiTaskLoss(tasks=list(tasks), weights=cfg.train.loss_weights or None)
+        # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
+        # processes' micro-batches), scaled by W because DDP averages gradients -- so the gradient is the global
+        # batch's, for any process or micro-batch count; local: each micro-batch's own mean (released code)
+        if cfg.train.loss_normalization not in ("global", "local"):
+            raise ConfigError(f"train.loss_normalization '{cfg.train.loss_normalization}' is not one of: global, local")
+        global_norm = cfg.train.loss_normalization == "global"
+        loss_scale = float(d.world_size) if global_norm else 1.0 / cfg.train.accum_steps
 
         steps = StepBatches(len(train_ds), seed=cfg.seed, batch_size=cfg.train.batch_size, rank=d.rank,
                             world_size=d.world_size, accum_steps=cfg.train.accum_steps, start_step=start_step)
         loader = DataLoader(SeededSamples(train_ds), batch_sampler=micro_batches(steps), collate_fn=collate,
-                            num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda")
+                            num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
+                            worker_init_fn=_ignore_sigint if cfg.data.num_workers > 0 else None)
         batches = iter(loader)
-        spec = best_metric_spec(cfg.train.best_metric, list(tasks))
-        metrics: dict[str, Any] = {}
         bar = _progress(cfg, d, start_step)
         t0, sums, count = time.time(), {}, 0
+        stop.install(log)
         net.train()
         for step in range(start_step, cfg.optim.max_iters):
             torch.manual_seed(mix_seed(cfg.seed, step, d.rank))  # drop-path etc.: a function of (seed, step, rank)
             lr = lr_at(step, cfg.optim)
             set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
-            for k in range(cfg.train.accum_steps):
-                batch = to_device(next(batches), d.device)
+            micro = [next(batches) for _ in range(cfg.train.accum_steps)]  # this process's part of the step
+            stats = global_loss_stats(criterion, micro, d) if global_norm else None
+            for k, batch in enumerate(micro):
+                batch = to_device(batch, d.device)
                 last_micro = k == cfg.train.accum_steps - 1
                 sync = contextlib.nullcontext() if last_micro or not d.enabled else net.no_sync()
                 with sync:  # gradients are all-reduced on the last micro-batch only
                     with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        losses = criterion(net(batch["image"]), batch)  # {task: loss, "total": weighted sum}
+                        losses = criterion(net(batch["image"]), batch, stats)  # {task: loss, "total": weighted sum}
                     _check_finite(losses, step, d, out_dir)
-                    scaler.scale(losses["total"] / cfg.train.accum_steps).backward()
+                    scaler.scale(losses["total"] * loss_scale).backward()
                 for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float().item() / cfg.train.accum_steps
+                    sums[name] = sums.get(name, 0.0) + value.detach().float().item() * loss_scale
             scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                          if cfg.optim.grad_clip > 0 else torch.tensor(float("nan")))
@@ -156,59 +250,224 @@ def train(cfg: Config, *, resume: bool | str = False) -> dict[str, Any]:
             if bar is not None:
                 bar.update(1)
             is_last = done == cfg.optim.max_iters
+            if done % cfg.train.checkpoint_every == 0 or is_last:  # before the evaluation, which may fail
+                _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d)
+                saved = done
             if (cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0) or is_last:
-                metrics = evaluate(model, val_ds, tasks=tasks, dataset_format=cfg.data.format, dist=d,
-                                   batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                                   amp_dtype=amp_dtype)
-                run.log(done, "val", metrics)
-                log.info(f"step {done} evaluation\n" + format_table(metrics))
-                value = metrics.get(spec.task, {}).get(spec.primary)
-                if value is not None and _improves(value, best, spec.higher_is_better):
-                    best = {"metric": f"{spec.task}.{spec.primary}", "value": float(value), "step": done}
-                    _save(out_dir / "best", model, optimizer, scaler, cfg, tasks, done, best, metrics, d)
+                metrics, best = _evaluate_step(done, model, val_ds, tasks, cfg, d, amp_dtype, spec, best, saved,
+                                               optimizer, scaler, run, log)
+                evaluated = done
                 net.train()
-            if done % cfg.train.checkpoint_every == 0 or is_last:
-                _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, d)
+            if stop.requested(d):
+                if saved != done:
+                    _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d)
+                raise KeyboardInterrupt(f"stopped by {stop.name} after step {done}; {_kept(out_dir)}")
+        if evaluated != cfg.optim.max_iters:  # resumed after a kill between the final checkpoint and its evaluation
+            metrics, best = _evaluate_step(cfg.optim.max_iters, model, val_ds, tasks, cfg, d, amp_dtype, spec, best,
+                                           saved, optimizer, scaler, run, log)
+        elif start_step == cfg.optim.max_iters:
+            log.info(f"nothing to do: the run is complete at step {start_step} (raise optim.max_iters to go on)")
         if bar is not None:
             bar.close()
         run.close()
         return {"step": cfg.optim.max_iters, "metrics": metrics, "out_dir": str(out_dir), "best": best,
                 "is_main": d.is_main}
+    except KeyboardInterrupt as err:  # Ctrl-C a second time: stopped at once, mid-step
+        if run is None or str(err):
+            raise
+        raise KeyboardInterrupt(f"stopped at once; {_kept(out_dir)}") from None
+    except OSError as err:  # a full disk, a file system gone read-only ...
+        if run is None:
+            raise
+        raise rundir.RunDirError(f"{os_error_message(err)}; training stopped, {_kept(out_dir)}") from err
+    except DataError as err:  # a file that passed the header check but not the full read
+        if run is None:
+            raise
+        raise DataError(f"{one_line(str(err))}; training stopped, {_kept(out_dir)}") from err
     finally:
+        stop.restore()
+        if run is not None:
+            run.close()
+        lock.release()
         dist_utils.cleanup_distributed()
 
 
 # ------------------------------------------------------------------------------------------------- helpers
 
 
-def _find_resume(resume: bool | str, out_dir: Path, log) -> ck.Checkpoint | None:
+class EarlyNotes:
+    """The log lines of the checks before step 1, kept until the run starts and then logged: a run refused by a
+    check prints its one-line error alone."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append((logging.INFO, message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append((logging.WARNING, message))
+
+    def replay(self, log: logging.Logger) -> None:
+        for level, message in self.lines:
+            log.log(level, message)
+
+
+class StopRequest:
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) during training: the first one lets the step finish,
+    writes ``last`` and stops with the command that resumes; another one a second or more later stops at once (the
+    last checkpoint is kept). A repeat within a second is the same request (torchrun forwards the terminal's signal
+    to processes that already got it)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._at = 0.0
+        self._previous: dict[int, Any] = {}
+        self._log = None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "request"
+
+    def install(self, log) -> None:
+        self._log = log
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum, self._at = signum, time.monotonic()
+            if self._log is not None:
+                self._log.warning(f"{self.name}: finishing this step and writing the checkpoint (again to stop at "
+                                  "once)")
+        elif time.monotonic() - self._at > 1.0:
+            raise KeyboardInterrupt
+
+    def requested(self, d: Dist) -> bool:
+        """Whether any process was asked to stop: one all-reduce under torchrun, so that all stop after one step."""
+        flag = torch.tensor([0.0 if self.signum is None else 1.0])
+        if d.enabled:
+            flag = dist_utils.all_reduce_sum_(flag.to(d.device)).cpu()
+        return bool(flag.item() > 0)
+
+
+def _ignore_sigint(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the trainer, which finishes its step before stopping."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _on_main(d: Dist, action: Callable[[], Any]) -> None:
+    """Run ``action`` on rank 0 and raise a user's error from it on every process, so that no process waits for one
+    that stopped."""
+    error: BaseException | None = None
+    if d.is_main:
+        try:
+            action()
+        except (TaskPrompterError, OSError) as err:
+            error = err
+    if d.enabled:
+        error = dist_utils.broadcast_object(error)
+    if error is not None:
+        raise error
+
+
+def _probe_run_dir(out_dir: Path, lock: rundir.RunLock) -> None:
+    """Before the (long) checks: refuse a run directory held by another process or that cannot be written."""
+    lock.acquire(create=False)  # the lock of an earlier run: taken now, nothing written
+    rundir.check_writable(out_dir)
+
+
+def _start_run(out_dir: Path, lock: rundir.RunLock, *, resume: bool | str, overwrite: bool, checkpoint_bytes: int,
+               log) -> None:
+    """Room for the checkpoints, the directory and its lock, the reuse check again under the lock, --overwrite."""
+    absent = sum(not (out_dir / name).exists() for name in ("last", "best"))
+    rundir.check_space(out_dir, checkpoint_bytes * (1 + absent) + 2**20)  # + the temporary copy of a swap
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if lock.unsupported:
+        log.warning(f"{lock.path}: this file system cannot lock ({lock.unsupported}); nothing keeps a second "
+                    f"training process out of {out_dir}")
+    rundir.check_reuse(out_dir, resume=resume, overwrite=overwrite)  # a process that started meanwhile
+    if overwrite:
+        removed = rundir.clear_previous_run(out_dir)
+        if removed:
+            log.warning(f"--overwrite: removed {', '.join(removed)} of the previous run in {out_dir}")
+
+
+def _checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Size of one checkpoint: the weights and buffers, and the optimiser's two moments per parameter."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 2 * params
+
+
+def _check_files(datasets: list[Any], cfg: Config, d: Dist, log) -> None:
+    """Every training and validation sample's file headers, before step 1 (shared out over the processes): a missing,
+    unreadable or truncated file stops the run now, named, rather than at an evaluation after hours."""
+    t0 = time.time()
+    found = [header_problems(ds, shard=(d.rank, d.world_size)) for ds in datasets]
+    parts = dist_utils.gather_objects([sum(n for n, _ in found), [p for _, problems in found for p in problems]])
+    checked = sum(n for n, _ in parts)
+    problems = [p for _, part in parts for p in part]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise DataError(f"{problems[0]}{more}; fix or remove the file (`taskprompter check-data --format "
+                        f"{cfg.data.format} --root {cfg.data.root}` lists every problem)")
+    log.info(f"checked the files of {checked} samples in {time.time() - t0:.1f} s")
+
+
+def _find_resume(resume: bool | str, out_dir: Path, log) -> ck.ResumePoint | None:
+    """The checkpoint ``--resume`` continues, read whole: a given path, else the newer of the run's ``last`` and
+    ``best`` (``best`` is newer when evaluations come more often than checkpoints). A run without any checkpoint
+    starts at step 0; a damaged checkpoint is an error naming the file, never a restart."""
     if not resume:
         return None
-    target = out_dir / "last" if resume is True else Path(resume)
-    try:
-        return ck.load_checkpoint(target)
-    except CheckpointError:
-        if resume is True:
-            log.info(f"--resume: no checkpoint at {target}; starting from step 0")
-            return None
-        raise
+    if resume is not True:
+        return ck.load_for_resume(resume)
+    found = ck.run_checkpoints(out_dir)
+    if not found:
+        log.info(f"--resume: {out_dir} has no checkpoint yet; starting from step 0")
+        return None
+    steps = {path: ck.read_step(path) for path in found}
+    return ck.load_for_resume(max(found, key=lambda path: steps[path]))  # `last` on a tie
+
+
+def _kept(out_dir: Path, advice: str = "") -> str:
+    """Which checkpoint a stopped run continues from, and the command that does it (then ``advice``)."""
+    steps = {}
+    for path in ck.run_checkpoints(out_dir):
+        with contextlib.suppress(CheckpointError):
+            steps[path] = ck.read_step(path)
+    if not steps:
+        return "no checkpoint had been written yet"
+    path = max(steps, key=lambda p: steps[p])
+    return (f"the last good checkpoint is {path} (step {steps[path]}); resume with: "
+            f"{rundir.resume_command(out_dir)}{advice}")
 
 
 def _warn_config_changes(ckpt: ck.Checkpoint, cfg: Config, log) -> None:
-    before, after = _flat(ckpt.config or {}), _flat(to_dict(cfg))
+    before, after = flatten_config(ckpt.config or {}), flatten_config(to_dict(cfg))
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     if changed:
         log.warning(f"resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: Dist) -> dict[str, torch.Tensor]:
+    """{task: loss statistics summed over this step's micro-batches and all processes}: what every process's losses
+    are normalised by under ``train.loss_normalization: global``."""
+    per_batch = [criterion.batch_stats(b) for b in micro]
+    names = list(per_batch[0])
+    sizes = [len(per_batch[0][t]) for t in names]
+    flat = torch.cat([sum(s[t] for s in per_batch) for t in names]).to(torch.float64)  # counts: exact in float64
+    if d.enabled:
+        flat = dist_utils.all_reduce_sum_(flat.to(d.device)).cpu()
+    return {t: v.long().to(d.device) for t, v in zip(names, flat.split(sizes))}
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: Path) -> None:
@@ -220,10 +479,8 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: 
     if bad.sum() > 0:
         which = [n for n, b in zip(names, bad.tolist()) if b > 0 and n != "total"] or ["total"]
         values = ", ".join(f"{n}={losses[n].detach().float().item():.4g}" for n in which)
-        last = out_dir / "last"
-        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint had been written yet"
         raise NonFiniteLossError(f"non-finite loss at step {step + 1} in task(s) {', '.join(which)} ({values}); "
-                                 f"training stopped, {kept}")
+                                 f"training stopped, {_kept(out_dir, SAME_AGAIN)}")
 
 
 def _reduce_means(sums: dict[str, float], count: int, d: Dist) -> dict[str, float]:
@@ -244,19 +501,46 @@ def _improves(value: float, best: dict | None, higher: bool) -> bool:
     return value > best["value"] if higher else value < best["value"]
 
 
+def _evaluate_step(done: int, model, val_ds, tasks: dict[str, int], cfg: Config, d: Dist, amp_dtype, spec, best,
+                   saved: int | None, optimizer, scaler, run: RunLog, log) -> tuple[dict[str, Any], dict | None]:
+    """Evaluate at step ``done``: write ``best`` when the metric improves, add the metrics to ``last`` when it was
+    written at this step (just before), log them. Returns (metrics, best)."""
+    out_dir = Path(cfg.train.out_dir)
+    metrics = evaluate(model, val_ds, tasks=tasks, dataset_format=cfg.data.format, dist=d,
+                       batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers, amp_dtype=amp_dtype)
+    value = metrics.get(spec.task, {}).get(spec.primary)
+    if value is not None and _improves(value, best, spec.higher_is_better):
+        best = {"metric": f"{spec.task}.{spec.primary}", "value": float(value), "step": done}
+        _save(out_dir / "best", model, optimizer, scaler, cfg, tasks, done, best, metrics, done, d)
+    if saved == done:
+        _on_main(d, partial(ck.update_meta, out_dir / "last", metrics=_plain(metrics), metrics_step=done, best=best))
+    run.log(done, "val", metrics)
+    run.log_panels(done, model, val_ds)  # TensorBoard: prediction panels of fixed images
+    log.info(f"step {done} evaluation\n" + format_table(metrics))
+    return metrics, best
+
+
 def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, int], step: int, best, metrics,
-          d: Dist) -> None:
-    if d.is_main:
-        meta = {"step": step, "tasks": dict(tasks), "best": best, "metrics": _plain(metrics), "config": to_dict(cfg)}
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() or None,
-                 "rng": rng, "best": best,
-                 "data": {"seed": cfg.seed, "batch_size": cfg.train.batch_size, "world_size": d.world_size,
-                          "accum_steps": cfg.train.accum_steps, "next_step": step}}
-        ck.save_checkpoint(path, model=unwrap(model), meta=meta, train_state=state, preset=cfg.model.name)
-    dist_utils.barrier()
+          metrics_step: int | None, d: Dist) -> None:
+    """Write a checkpoint (rank 0), of finite weights only: a NaN or inf in any weight or buffer stops training
+    with the last good checkpoint kept (its outputs would be NaN)."""
+    bad = [name for name, t in unwrap(model).state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteWeightsError(f"non-finite weights after step {step} ({', '.join(bad[:3])}"
+                                    f"{' ...' if len(bad) > 3 else ''}); {path} not written, training stopped, "
+                                    f"{_kept(path.parent, SAME_AGAIN)}")
+    meta = {"step": step, "tasks": dict(tasks), "best": best, "metrics": _plain(metrics),
+            "metrics_step": metrics_step, "config": to_dict(cfg)}
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() or None,
+             "rng": rng, "best": best,
+             "data": {"seed": cfg.seed, "batch_size": cfg.train.batch_size, "world_size": d.world_size,
+                      "accum_steps": cfg.train.accum_steps, "next_step": step}}
+    _on_main(d, partial(ck.save_checkpoint, path, model=unwrap(model), meta=meta, train_state=state,
+                        preset=cfg.model.name))
 
 
 def _plain(tree: Any) -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from functools import partial
 
+from ..data.boundaries import seism_ground_truth
 from ..errors import ConfigError
 from ..tasks import DATASET_SPECS, DatasetSpec, check_task_names
 from .base import METRIC_SPECS, Meter, MetricSpec
@@ -24,7 +25,8 @@ from .segmentation import SegmentationMeter, metric_names
 
 __all__ = [
     "Meter", "MetricSpec", "METRIC_SPECS", "METERS", "build_meter", "build_meters", "delta_m", "PAPER_STL_VITB_PASCAL",
-    "evaluate_boundaries", "SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter", "BoundaryMeter",
+    "evaluate_boundaries", "seism_ground_truth", "SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter",
+    "BoundaryMeter",
 ]  # fmt: skip
 
 CLASS_TASKS = ("semseg", "human_parts")  # tasks whose meters count classes (num_classes, class_names)

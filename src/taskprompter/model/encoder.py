@@ -31,10 +31,11 @@ class PromptViT(nn.Module):
 
     def __init__(self, *, num_tasks: int, grid: tuple[int, int], patch_size: int, embed_dim: int, depth: int,
                  num_heads: int, mlp_ratio: float, drop_path_rate: float, use_prompts: bool,
-                 grad_checkpointing: bool, **attn_kwargs) -> None:
+                 grad_checkpointing: bool, decoded_tokens: str = "block", **attn_kwargs) -> None:
         super().__init__()
         self.grid, self.num_tasks = grid, num_tasks if use_prompts else 0
         self.grad_checkpointing = grad_checkpointing
+        self.decoded_tokens = decoded_tokens  # which X' a decoded level gets (fidelity.FIDELITY_OPTIONS)
         N = grid[0] * grid[1]
         self.patch_embed = PatchEmbed(patch_size=patch_size, embed_dim=embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + N, embed_dim))
@@ -47,19 +48,23 @@ class PromptViT(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
 
     def forward(self, images: Tensor, decode_blocks: Sequence[int]) -> list[tuple[Tensor, Affinity | None]]:
-        """images (B, 3, H, W) -> [(tokens X' (B, N, C), Affinity)] after each block in ``decode_blocks`` (1-based);
-        a level at the last block gets the final-normed tokens with the last block's affinities."""
+        """images (B, 3, H, W) -> [(tokens X' (B, N, C), Affinity)] after each block in ``decode_blocks`` (1-based).
+        X' is the block's output (``decoded_tokens="block"``; at the last block after the final norm) or its
+        attention's output (``"attention"``, Sec. 3.2's X')."""
         x = self.patch_embed(images) + self.pos_embed[:, 1:]  # (B, N, C)
         T = self.num_tasks
         z = torch.cat([self.prompts.expand(x.shape[0], -1, -1), x], dim=1) if T else x  # Z_0 (B, T+N, C)   Eq. 1
         levels = []
         for i, block in enumerate(self.blocks[:max(decode_blocks)], start=1):  # later blocks would feed nothing
             need = i in decode_blocks
+            from_attention = need and self.decoded_tokens == "attention"
             if self.grad_checkpointing and self.training:
-                z, affinity = checkpoint(block, z, need, use_reentrant=False)
+                z, affinity, *attn = checkpoint(block, z, need, from_attention, use_reentrant=False)
             else:
-                z, affinity = block(z, need)
-            if need:
+                z, affinity, *attn = block(z, need, from_attention)
+            if from_attention:
+                levels.append((attn[0][:, T:], affinity))  # (B, N, C)
+            elif need:
                 tokens = z[:, T:]  # (B, N, C)
                 levels.append((self.norm(tokens) if i == len(self.blocks) else tokens, affinity))
         return levels

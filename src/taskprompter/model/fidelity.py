@@ -29,8 +29,9 @@ FIDELITY_OPTIONS: dict[str, Choice] = {
         "attended", "pre_attention", ("attended", "pre_attention"),
         "Eq. 5 adds f_{N->C}(P^c') of the attended P^c'; the code adds f_{N->C}(P^c) of P^c before attention"),
     "decode_affinity": Choice(
-        "probs", "logits", ("probs", "logits"),
-        "affinities used for decoding: softmax attention maps (paper) or unscaled q.k^T logits (code)"),
+        "logits", "logits", ("probs", "logits"),
+        "affinities used for decoding: A^s = Q^s K^s^T and A^c = Q^c K^c^T as Sec. 3.2 defines them, before they "
+        "are 'scaled and normalized' (paper, code); 'probs': the softmaxed attention maps"),
     "affinity_residual": Choice(
         False, True, (True, False), "Eq. 6/7 gate A*X; the code adds the residual, A*X + X"),
     "prompting_proj": Choice(
@@ -39,6 +40,10 @@ FIDELITY_OPTIONS: dict[str, Choice] = {
     "fusion": Choice(
         "paper", "released", ("paper", "released"),
         "Eq. 8 fusion: Conv3x3-BN-GELU (paper); Conv1x1-Conv3x3-BN-GELU-Conv1x1 (code)"),
+    "decoded_tokens": Choice(
+        "block", "block", ("block", "attention"),
+        "the X' a level decodes: the layer's output (Sec. 3.3 'produced from a transformer layer'; code) or the "
+        "attention's output sequence of Sec. 3.2 ('attention')"),
     "reweighting_mlp": Choice(
         "shared", "per_task", ("shared", "per_task"),
         "cross-task reweighting: one 2-layer MLP over heads of the (nH, T, T) affinity (paper); one MLP per "

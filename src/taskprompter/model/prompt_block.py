@@ -231,9 +231,12 @@ class PromptBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim=dim, hidden_dim=int(dim * mlp_ratio))
 
-    def forward(self, z: Tensor, need_affinity: bool = False) -> tuple[Tensor, Affinity | None]:
-        """z: [P; X] (B, T+N, C) -> updated [P'; X'] (B, T+N, C) and the layer's Affinity when asked."""
+    def forward(self, z: Tensor, need_affinity: bool = False, return_attention: bool = False
+                ) -> tuple[Tensor, Affinity | None] | tuple[Tensor, Affinity | None, Tensor]:
+        """z: [P; X] (B, T+N, C) -> updated [P'; X'] (B, T+N, C) and the layer's Affinity when asked; with
+        ``return_attention`` also the attention's output sequence [P^s'; X'] (B, T+N, C) of Sec. 3.2 (before the
+        skip connection and the MLP), for ``decoded_tokens="attention"``."""
         attn, affinity = self.attn(self.norm1(z), need_affinity=need_affinity)
         z = z + self.drop_path(attn)
         z = z + self.drop_path(self.mlp(self.norm2(z)))
-        return z, affinity
+        return (z, affinity, attn) if return_attention else (z, affinity)

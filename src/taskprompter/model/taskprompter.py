@@ -27,16 +27,16 @@ class TaskPrompter(PretrainedMixin, nn.Module):
     ``tasks`` maps task name to output channels (e.g. ``{"semseg": 21, "normals": 3}``); prompts follow the released
     task order (semseg, depth, human_parts, sal, normals, edge), outputs the order given. ``decode_blocks`` are
     1-based block counts (``(3, 6, 9, 12)`` for ViT-B: Hierarchical Prompting). ``fidelity`` picks the defaults of
-    the options in ``fidelity.FIDELITY_OPTIONS``; each may be overridden by name. (Eq. 8 halves 2C to C only when
-    ``final_dim`` is C, as the ``*_paper`` presets set it; ``fidelity="paper"`` alone keeps the given ``final_dim``.)
-    Turning off ``spatial_prompts`` and
-    ``channel_prompts`` gives the paper's multi-task baseline (ViT + task heads, no prompts).
+    the options in ``fidelity.FIDELITY_OPTIONS``; each may be overridden by name. ``final_dim`` (the fused width
+    f) defaults to the released ViT-B's 1024 in official fidelity and to C in paper fidelity, where Eq. 8 halves
+    the concatenated 2C to C. Turning off ``spatial_prompts`` and ``channel_prompts`` gives the paper's multi-task
+    baseline (ViT + task heads, no prompts).
     """
 
     def __init__(
         self, *, tasks: Mapping[str, int], img_size: tuple[int, int] = (512, 512), patch_size: int = 16,
         embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-        channel_heads: int = 16, decoder_dim: int = 780, final_dim: int = 1024,
+        channel_heads: int = 16, decoder_dim: int = 780, final_dim: int | None = None,
         decode_blocks: Sequence[int] | None = None, cross_task_reweighting: bool = True,
         spatial_prompts: bool = True, channel_prompts: bool = True, fidelity: str = "official",
         attention_impl: str = "efficient", grad_checkpointing: bool = False, selective_recompute: str = "auto",
@@ -44,6 +44,7 @@ class TaskPrompter(PretrainedMixin, nn.Module):
         head_act: str = "gelu", channel_mlp_layers: int | None = None, channel_qkv: bool | None = None,
         prompt_update: str | None = None, decode_affinity: str | None = None, affinity_residual: bool | None = None,
         prompting_proj: bool | None = None, fusion: str | None = None, reweighting_mlp: str | None = None,
+        decoded_tokens: str | None = None,
     ) -> None:
         super().__init__()
         self.init_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
@@ -71,8 +72,10 @@ class TaskPrompter(PretrainedMixin, nn.Module):
         opts = resolve_fidelity(fidelity, dict(
             channel_mlp_layers=channel_mlp_layers, channel_qkv=channel_qkv, prompt_update=prompt_update,
             decode_affinity=decode_affinity, affinity_residual=affinity_residual, prompting_proj=prompting_proj,
-            fusion=fusion, reweighting_mlp=reweighting_mlp))
+            fusion=fusion, reweighting_mlp=reweighting_mlp, decoded_tokens=decoded_tokens))
         self.options = opts
+        if final_dim is None:
+            final_dim = embed_dim if fidelity == "paper" else 1024  # Eq. 8: [F^s; F^c] (2C) -> C
         if channel_prompts:
             window_grid(self.grid, channel_heads)  # clear error for a bad K before building anything
         if cross_task_reweighting and not spatial_prompts:
@@ -90,7 +93,8 @@ class TaskPrompter(PretrainedMixin, nn.Module):
             grad_checkpointing=grad_checkpointing, channel_heads=channel_heads, spatial_prompts=spatial_prompts,
             channel_prompts=channel_prompts, channel_mlp_layers=opts["channel_mlp_layers"],
             channel_qkv=opts["channel_qkv"], prompt_update=opts["prompt_update"],
-            decode_affinity=opts["decode_affinity"], attention_impl=attention_impl)
+            decode_affinity=opts["decode_affinity"], decoded_tokens=opts["decoded_tokens"],
+            attention_impl=attention_impl)
         self.decoder = HierarchicalPromptDecoder(
             num_levels=len(decode_blocks), tasks=self.task_names, dim=embed_dim, num_heads=num_heads,
             decoder_dim=decoder_dim, final_dim=final_dim, spatial=spatial_prompts, channel=channel_prompts,
