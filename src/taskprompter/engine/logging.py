@@ -201,3 +201,21 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+class EarlyNotes:
+    """The log lines of the checks before step 1, kept until the run starts and then logged: a run refused by a
+    check prints its one-line error alone."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[int, str]] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append((logging.INFO, message))
+
+    def warning(self, message: str) -> None:
+        self.lines.append((logging.WARNING, message))
+
+    def replay(self, log: logging.Logger) -> None:
+        for level, message in self.lines:
+            log.log(level, message)

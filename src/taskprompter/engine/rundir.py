@@ -14,6 +14,7 @@ which linger for a few seconds, cannot keep its run locked.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -21,9 +22,11 @@ import shutil
 import socket
 from pathlib import Path
 
+import torch
 import yaml
 
-from ..errors import ConfigError, TaskPrompterError
+from ..errors import CheckpointError, ConfigError, TaskPrompterError
+from . import checkpoint as ck
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "last", "best", "last.old", "best.old")
 RUN_FILES = (*RUN_MARKERS, "git_sha.txt", "train.log", "tb")  # what --overwrite removes (and nothing else)
@@ -162,3 +165,64 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the descriptor releases the lock
             self.fd, self.announced = None, False
+
+
+# ------------------------------------------------------------------------------------------------- a run's life
+
+
+def probe(out_dir: Path, lock: RunLock) -> None:
+    """Before the (long) checks: refuse a run directory held by another process or that cannot be written."""
+    lock.acquire(create=False)  # the lock of an earlier run: taken now, nothing written
+    check_writable(out_dir)
+
+
+def start(out_dir: Path, lock: RunLock, *, resume: bool | str, overwrite: bool, checkpoint_bytes: int,
+               log) -> None:
+    """Room for the checkpoints, the directory and its lock, the reuse check again under the lock, --overwrite."""
+    absent = sum(not (out_dir / name).exists() for name in ("last", "best"))
+    check_space(out_dir, checkpoint_bytes * (1 + absent) + 2**20)  # + the temporary copy of a swap
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+    if lock.unsupported:
+        log.warning(f"{lock.path}: this file system cannot lock ({lock.unsupported}); nothing keeps a second "
+                    f"training process out of {out_dir}")
+    check_reuse(out_dir, resume=resume, overwrite=overwrite)  # a process that started meanwhile
+    if overwrite:
+        removed = clear_previous_run(out_dir)
+        if removed:
+            log.warning(f"--overwrite: removed {', '.join(removed)} of the previous run in {out_dir}")
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Size of one checkpoint: the weights and buffers, and the optimiser's two moments per parameter."""
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 2 * params
+
+
+def find_resume(resume: bool | str, out_dir: Path, log) -> ck.ResumePoint | None:
+    """The checkpoint ``--resume`` continues, read whole: a given path, else the newer of the run's ``last`` and
+    ``best`` (``best`` is newer when evaluations come more often than checkpoints). A run without any checkpoint
+    starts at step 0; a damaged checkpoint is an error naming the file, never a restart."""
+    if not resume:
+        return None
+    if resume is not True:
+        return ck.load_for_resume(resume)
+    found = ck.run_checkpoints(out_dir)
+    if not found:
+        log.info(f"--resume: {out_dir} has no checkpoint yet; starting from step 0")
+        return None
+    steps = {path: ck.read_step(path) for path in found}
+    return ck.load_for_resume(max(found, key=lambda path: steps[path]))  # `last` on a tie
+
+
+def kept(out_dir: Path, advice: str = "") -> str:
+    """Which checkpoint a stopped run continues from, and the command that does it (then ``advice``)."""
+    steps = {}
+    for path in ck.run_checkpoints(out_dir):
+        with contextlib.suppress(CheckpointError):
+            steps[path] = ck.read_step(path)
+    if not steps:
+        return "no checkpoint had been written yet"
+    path = max(steps, key=lambda p: steps[p])
+    return (f"the last good checkpoint is {path} (step {steps[path]}); resume with: "
+            f"{resume_command(out_dir)}{advice}")

@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -36,7 +33,7 @@ from ..data import build_dataset, collate
 from ..data.check import header_problems
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
 from ..data.transforms import train_transform
-from ..errors import CheckpointError, ConfigError, DataError, TaskPrompterError, one_line, os_error_message
+from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
 from ..model.build import VARIANTS, build_variant, preset_kwargs
 from ..model.io import load_state_exactly
@@ -46,8 +43,9 @@ from . import distributed as dist_utils
 from . import rundir
 from .distributed import Dist, init_distributed, unwrap, wrap_model
 from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
-from .logging import RunLog, flatten_config, get_logger
+from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from .stop import StopRequest, ignore_sigint
 
 # what to change before resuming after a non-finite loss or weight
 SAME_AGAIN = " after lowering optim.lr (the same data and seed would reach the same values again)"
@@ -152,7 +150,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
     try:
         # -- checks: nothing is written until all of them have passed
         rundir.check_reuse(out_dir, resume=resume, overwrite=overwrite)
-        _on_main(d, partial(_probe_run_dir, out_dir, lock))
+        _on_main(d, partial(rundir.probe, out_dir, lock))
         check_model_config(cfg)
         tasks = task_channels(cfg.data.format, cfg.data.tasks, cfg.data.root, cfg.data.train_split)
         train_ds = build_dataset(cfg.data.format, cfg.data.root, cfg.data.train_split, list(tasks),
@@ -164,7 +162,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         spec = best_metric_spec(cfg.train.best_metric, list(tasks))
         if cfg.data.check_files:
             _check_files([train_ds, val_ds], cfg, d, log)
-        point = _find_resume(resume, out_dir, log)
+        point = rundir.find_resume(resume, out_dir, log)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
@@ -187,8 +185,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         elif cfg.model.pretrained:
             load_pretrained(model, cfg.model.pretrained, log)
         # -- the run starts: lock its directory, clear an overwritten run, write the run's files
-        _on_main(d, partial(_start_run, out_dir, lock, resume=resume, overwrite=overwrite,
-                            checkpoint_bytes=_checkpoint_bytes(model), log=log))
+        _on_main(d, partial(rundir.start, out_dir, lock, resume=resume, overwrite=overwrite,
+                            checkpoint_bytes=rundir.checkpoint_bytes(model), log=log))
         run = RunLog(out_dir, cfg, is_main=d.is_main, resume_step=start_step if point else None)
         notes, log = log, get_logger(is_main=d.is_main, log_file=out_dir / "train.log" if d.is_main else None)
         log.info(f"{f'resuming at step {start_step} from {point.checkpoint.path}' if point else 'training'}: "
@@ -208,7 +206,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                             world_size=d.world_size, accum_steps=cfg.train.accum_steps, start_step=start_step)
         loader = DataLoader(SeededSamples(train_ds), batch_sampler=micro_batches(steps), collate_fn=collate,
                             num_workers=cfg.data.num_workers, pin_memory=d.device.type == "cuda",
-                            worker_init_fn=_ignore_sigint if cfg.data.num_workers > 0 else None)
+                            worker_init_fn=ignore_sigint if cfg.data.num_workers > 0 else None)
         batches = iter(loader)
         bar = _progress(cfg, d, start_step)
         t0, sums, count = time.time(), {}, 0
@@ -261,7 +259,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
             if stop.requested(d):
                 if saved != done:
                     _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d)
-                raise KeyboardInterrupt(f"stopped by {stop.name} after step {done}; {_kept(out_dir)}")
+                raise KeyboardInterrupt(f"stopped by {stop.name} after step {done}; {rundir.kept(out_dir)}")
         if evaluated != cfg.optim.max_iters:  # resumed after a kill between the final checkpoint and its evaluation
             metrics, best = _evaluate_step(cfg.optim.max_iters, model, val_ds, tasks, cfg, d, amp_dtype, spec, best,
                                            saved, optimizer, scaler, run, log)
@@ -275,15 +273,15 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
     except KeyboardInterrupt as err:  # Ctrl-C a second time: stopped at once, mid-step
         if run is None or str(err):
             raise
-        raise KeyboardInterrupt(f"stopped at once; {_kept(out_dir)}") from None
+        raise KeyboardInterrupt(f"stopped at once; {rundir.kept(out_dir)}") from None
     except OSError as err:  # a full disk, a file system gone read-only ...
         if run is None:
             raise
-        raise rundir.RunDirError(f"{os_error_message(err)}; training stopped, {_kept(out_dir)}") from err
+        raise rundir.RunDirError(f"{os_error_message(err)}; training stopped, {rundir.kept(out_dir)}") from err
     except DataError as err:  # a file that passed the header check but not the full read
         if run is None:
             raise
-        raise DataError(f"{one_line(str(err))}; training stopped, {_kept(out_dir)}") from err
+        raise DataError(f"{one_line(str(err))}; training stopped, {rundir.kept(out_dir)}") from err
     finally:
         stop.restore()
         if run is not None:
@@ -293,74 +291,6 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-class EarlyNotes:
-    """The log lines of the checks before step 1, kept until the run starts and then logged: a run refused by a
-    check prints its one-line error alone."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[int, str]] = []
-
-    def info(self, message: str) -> None:
-        self.lines.append((logging.INFO, message))
-
-    def warning(self, message: str) -> None:
-        self.lines.append((logging.WARNING, message))
-
-    def replay(self, log: logging.Logger) -> None:
-        for level, message in self.lines:
-            log.log(level, message)
-
-
-class StopRequest:
-    """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) during training: the first one lets the step finish,
-    writes ``last`` and stops with the command that resumes; another one a second or more later stops at once (the
-    last checkpoint is kept). A repeat within a second is the same request (torchrun forwards the terminal's signal
-    to processes that already got it)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._at = 0.0
-        self._previous: dict[int, Any] = {}
-        self._log = None
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "request"
-
-    def install(self, log) -> None:
-        self._log = log
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum, self._at = signum, time.monotonic()
-            if self._log is not None:
-                self._log.warning(f"{self.name}: finishing this step and writing the checkpoint (again to stop at "
-                                  "once)")
-        elif time.monotonic() - self._at > 1.0:
-            raise KeyboardInterrupt
-
-    def requested(self, d: Dist) -> bool:
-        """Whether any process was asked to stop: one all-reduce under torchrun, so that all stop after one step."""
-        flag = torch.tensor([0.0 if self.signum is None else 1.0])
-        if d.enabled:
-            flag = dist_utils.all_reduce_sum_(flag.to(d.device)).cpu()
-        return bool(flag.item() > 0)
-
-
-def _ignore_sigint(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C to the trainer, which finishes its step before stopping."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _on_main(d: Dist, action: Callable[[], Any]) -> None:
@@ -378,35 +308,6 @@ def _on_main(d: Dist, action: Callable[[], Any]) -> None:
         raise error
 
 
-def _probe_run_dir(out_dir: Path, lock: rundir.RunLock) -> None:
-    """Before the (long) checks: refuse a run directory held by another process or that cannot be written."""
-    lock.acquire(create=False)  # the lock of an earlier run: taken now, nothing written
-    rundir.check_writable(out_dir)
-
-
-def _start_run(out_dir: Path, lock: rundir.RunLock, *, resume: bool | str, overwrite: bool, checkpoint_bytes: int,
-               log) -> None:
-    """Room for the checkpoints, the directory and its lock, the reuse check again under the lock, --overwrite."""
-    absent = sum(not (out_dir / name).exists() for name in ("last", "best"))
-    rundir.check_space(out_dir, checkpoint_bytes * (1 + absent) + 2**20)  # + the temporary copy of a swap
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lock.acquire()
-    if lock.unsupported:
-        log.warning(f"{lock.path}: this file system cannot lock ({lock.unsupported}); nothing keeps a second "
-                    f"training process out of {out_dir}")
-    rundir.check_reuse(out_dir, resume=resume, overwrite=overwrite)  # a process that started meanwhile
-    if overwrite:
-        removed = rundir.clear_previous_run(out_dir)
-        if removed:
-            log.warning(f"--overwrite: removed {', '.join(removed)} of the previous run in {out_dir}")
-
-
-def _checkpoint_bytes(model: torch.nn.Module) -> int:
-    """Size of one checkpoint: the weights and buffers, and the optimiser's two moments per parameter."""
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values()) + 2 * params
-
-
 def _check_files(datasets: list[Any], cfg: Config, d: Dist, log) -> None:
     """Every training and validation sample's file headers, before step 1 (shared out over the processes): a missing,
     unreadable or truncated file stops the run now, named, rather than at an evaluation after hours."""
@@ -420,35 +321,6 @@ def _check_files(datasets: list[Any], cfg: Config, d: Dist, log) -> None:
         raise DataError(f"{problems[0]}{more}; fix or remove the file (`taskprompter check-data --format "
                         f"{cfg.data.format} --root {cfg.data.root}` lists every problem)")
     log.info(f"checked the files of {checked} samples in {time.time() - t0:.1f} s")
-
-
-def _find_resume(resume: bool | str, out_dir: Path, log) -> ck.ResumePoint | None:
-    """The checkpoint ``--resume`` continues, read whole: a given path, else the newer of the run's ``last`` and
-    ``best`` (``best`` is newer when evaluations come more often than checkpoints). A run without any checkpoint
-    starts at step 0; a damaged checkpoint is an error naming the file, never a restart."""
-    if not resume:
-        return None
-    if resume is not True:
-        return ck.load_for_resume(resume)
-    found = ck.run_checkpoints(out_dir)
-    if not found:
-        log.info(f"--resume: {out_dir} has no checkpoint yet; starting from step 0")
-        return None
-    steps = {path: ck.read_step(path) for path in found}
-    return ck.load_for_resume(max(found, key=lambda path: steps[path]))  # `last` on a tie
-
-
-def _kept(out_dir: Path, advice: str = "") -> str:
-    """Which checkpoint a stopped run continues from, and the command that does it (then ``advice``)."""
-    steps = {}
-    for path in ck.run_checkpoints(out_dir):
-        with contextlib.suppress(CheckpointError):
-            steps[path] = ck.read_step(path)
-    if not steps:
-        return "no checkpoint had been written yet"
-    path = max(steps, key=lambda p: steps[p])
-    return (f"the last good checkpoint is {path} (step {steps[path]}); resume with: "
-            f"{rundir.resume_command(out_dir)}{advice}")
 
 
 def _warn_config_changes(ckpt: ck.Checkpoint, cfg: Config, log) -> None:
@@ -480,7 +352,7 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: 
         which = [n for n, b in zip(names, bad.tolist()) if b > 0 and n != "total"] or ["total"]
         values = ", ".join(f"{n}={losses[n].detach().float().item():.4g}" for n in which)
         raise NonFiniteLossError(f"non-finite loss at step {step + 1} in task(s) {', '.join(which)} ({values}); "
-                                 f"training stopped, {_kept(out_dir, SAME_AGAIN)}")
+                                 f"training stopped, {rundir.kept(out_dir, SAME_AGAIN)}")
 
 
 def _reduce_means(sums: dict[str, float], count: int, d: Dist) -> dict[str, float]:
@@ -529,7 +401,7 @@ def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, in
     if bad:
         raise NonFiniteWeightsError(f"non-finite weights after step {step} ({', '.join(bad[:3])}"
                                     f"{' ...' if len(bad) > 3 else ''}); {path} not written, training stopped, "
-                                    f"{_kept(path.parent, SAME_AGAIN)}")
+                                    f"{rundir.kept(path.parent, SAME_AGAIN)}")
     meta = {"step": step, "tasks": dict(tasks), "best": best, "metrics": _plain(metrics),
             "metrics_step": metrics_step, "config": to_dict(cfg)}
     rng = {"torch": torch.get_rng_state()}
