@@ -40,7 +40,8 @@ def import_graph() -> dict[str, set[str]]:
                     edges.add(target)
             elif isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in modules}
-        graph[name] = edges - {name}
+        # a module's own parent packages are initialised before it (`from . import sibling` reads the parent)
+        graph[name] = {e for e in edges if e != name and not name.startswith(e + ".")}
     return graph
 
 

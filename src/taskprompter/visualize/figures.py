@@ -25,24 +25,7 @@ from matplotlib.figure import Figure  # the object API renders with Agg and neve
 from matplotlib.patches import Patch
 
 from ..tasks import TASKS, higher_is_better
-from .colors import (
-    AFFINITY_CMAP,
-    CHANNEL_CMAP,
-    CLASS_MAP_TASKS,
-    DEPTH_CMAP,
-    DPI,
-    IGNORE_STRIPES,
-    LEGEND_ENTRIES,
-    class_names,
-    colorize,
-    depth_limits,
-    ground_truth_pictures,
-    heatmap_overlay,
-    ignored_mask,
-    normals_key,
-    palette,
-    to_uint8_image,
-)
+from . import colors
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -52,13 +35,13 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike | io.BytesIO, *, dpi: int = DPI) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike | io.BytesIO, *, dpi: int = colors.DPI) -> None:
     """Write ``fig`` as a PNG. The constrained layout keeps every text inside the canvas; the tight bounding box
     makes sure of it (and trims the margins)."""
     fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05)
 
 
-def figure_to_array(fig: Figure, *, dpi: int = DPI) -> np.ndarray:
+def figure_to_array(fig: Figure, *, dpi: int = colors.DPI) -> np.ndarray:
     """(H, W, 3) uint8: ``fig`` as `save_figure` writes it (for TensorBoard)."""
     from PIL import Image
 
@@ -71,20 +54,20 @@ def figure_to_array(fig: Figure, *, dpi: int = DPI) -> np.ndarray:
 
 def ignored_key() -> Patch:
     """The legend entry for ignored ground truth (the stripes of `ignore_stripes`)."""
-    dark, light = IGNORE_STRIPES / 255.0
+    dark, light = colors.IGNORE_STRIPES / 255.0
     return Patch(facecolor=light, edgecolor=dark, hatch="////", label="ignored (not labelled)")
 
 
 def _legend_handles(task: str, num_classes: int, present: np.ndarray | None) -> list[Patch]:
     """One entry per class present (all classes if None), the largest areas first, at most LEGEND_ENTRIES."""
-    names, colors = class_names(task, num_classes), palette(task, num_classes)
+    names, swatches = colors.class_names(task, num_classes), colors.palette(task, num_classes)
     if present is None:
         ids = list(range(num_classes))
     else:
         counts = np.bincount(np.asarray(present).astype(np.int64).ravel(), minlength=num_classes)[:num_classes]
         ids = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i] > 0]
-    shown = sorted(ids[:LEGEND_ENTRIES])
-    handles = [Patch(color=colors[i] / 255.0, label=names[i]) for i in shown]
+    shown = sorted(ids[:colors.LEGEND_ENTRIES])
+    handles = [Patch(color=swatches[i] / 255.0, label=names[i]) for i in shown]
     if len(ids) > len(shown):
         handles.append(Patch(color="none", label=f"+{len(ids) - len(shown)} smaller classes"))
     return handles
@@ -120,7 +103,7 @@ def make_panel(image: np.ndarray, pictures: Mapping[str, np.ndarray], *,
             ax = axes[r][c]
             ax.axis("off")
             ax.set_anchor("N")  # a picture shorter than its cell sits at the top, with its keys right below
-            pic = to_uint8_image(image) if name == "image" else row.get(name)
+            pic = colors.to_uint8_image(image) if name == "image" else row.get(name)
             if pic is None:
                 continue
             ax.imshow(pic)
@@ -134,13 +117,13 @@ def make_panel(image: np.ndarray, pictures: Mapping[str, np.ndarray], *,
             ax.legend(handles=legends[name], loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=6, ncol=2,
                       frameon=False, handlelength=1.2, columnspacing=0.8)
         elif name == "depth" and depth_range:
-            bar = fig.colorbar(ScalarMappable(Normalize(*depth_range), DEPTH_CMAP),
+            bar = fig.colorbar(ScalarMappable(Normalize(*depth_range), colors.DEPTH_CMAP),
                                cax=ax.inset_axes((0.1, -0.1, 0.8, 0.07)), orientation="horizontal")
             bar.set_label("depth (m)", fontsize=7, labelpad=1)
             bar.ax.tick_params(labelsize=6)
         elif name == "normals":
             key = ax.inset_axes((0.3, -0.42, 0.4, 0.38))
-            key.imshow(normals_key(), extent=(-1, 1, 1, -1))
+            key.imshow(colors.normals_key(), extent=(-1, 1, 1, -1))
             key.set_xticks([-1, 1], ["x−", "x+"], fontsize=6)
             key.set_yticks([])
             key.tick_params(length=0, pad=1)
@@ -164,18 +147,18 @@ def prediction_panel(image: np.ndarray, maps: Mapping[str, np.ndarray], *, num_c
     """The panel of one image's prediction ``maps`` and, given a raw sample ``ground_truth`` (its labels at the
     image's size), the ground truth beneath it, coloured alike (one depth range, legends of both rows' classes,
     ignored pixels striped). ``pictures`` reuses already coloured predictions."""
-    limits = depth_limits(maps["depth"]) if "depth" in maps else None
+    limits = colors.depth_limits(maps["depth"]) if "depth" in maps else None
     if pictures is None:
-        pictures = {t: colorize(t, m, image=image, num_classes=num_classes.get(t), depth_range=limits)
+        pictures = {t: colors.colorize(t, m, image=image, num_classes=num_classes.get(t), depth_range=limits)
                     for t, m in maps.items()}
-    labels = {t: maps[t] for t in CLASS_MAP_TASKS if t in maps}
+    labels = {t: maps[t] for t in colors.CLASS_MAP_TASKS if t in maps}
     if ground_truth is None:
         return make_panel(image, pictures, labels=labels, num_classes=num_classes, title=title, depth_range=limits)
     tasks = {t: num_classes[t] for t in maps if ground_truth.get(t) is not None}
-    truth = ground_truth_pictures(ground_truth, tasks, depth_range=limits)
+    truth = colors.ground_truth_pictures(ground_truth, tasks, depth_range=limits)
     labels = {t: np.concatenate([m.ravel(), np.asarray(ground_truth[t]).ravel()]) for t, m in labels.items()
               if t in truth}
-    ignored = any(ignored_mask(t, ground_truth[t]).any() for t in truth)
+    ignored = any(colors.ignored_mask(t, ground_truth[t]).any() for t in truth)
     return make_panel(image, pictures, labels=labels, num_classes=num_classes, title=title, depth_range=limits,
                       extra_rows=[truth], row_titles=["prediction", "ground truth"], ignored=ignored)
 
@@ -192,14 +175,14 @@ def make_affinity_grid(image: np.ndarray, maps: Mapping[str, Sequence[np.ndarray
     for ax in axes.ravel():
         ax.axis("off")  # (no tick machinery to lay out: half the drawing time)
     for r, task in enumerate(tasks):
-        axes[r][0].imshow(to_uint8_image(image))
+        axes[r][0].imshow(colors.to_uint8_image(image))
         axes[r][0].text(-0.04, 0.5, _pretty(task), transform=axes[r][0].transAxes, rotation=90, ha="right",
                         va="center", fontsize=9)
         for lvl, m in enumerate(maps[task]):
-            axes[r][lvl + 1].imshow(heatmap_overlay(image, m))
+            axes[r][lvl + 1].imshow(colors.heatmap_overlay(image, m))
             if r == 0:
                 axes[r][lvl + 1].set_title(f"level {lvl + 1}", fontsize=9)
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), AFFINITY_CMAP), ax=axes, shrink=0.6, aspect=25)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colors.AFFINITY_CMAP), ax=axes, shrink=0.6, aspect=25)
     bar.set_label("affinity (min to max of each map)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     if title:
@@ -229,7 +212,7 @@ def make_channel_affinity(affinity: np.ndarray, task_names: Sequence[str], chann
     shown = (shown - lo) / np.maximum(hi - lo, 1e-12)
     fig = new_figure(max(5.0, 0.12 * len(channels) + 2.5), 0.45 * len(task_names) + 1.4)
     ax = fig.subplots()
-    image = ax.imshow(shown, aspect="auto", cmap=CHANNEL_CMAP, interpolation="nearest", vmin=0.0, vmax=1.0)
+    image = ax.imshow(shown, aspect="auto", cmap=colors.CHANNEL_CMAP, interpolation="nearest", vmin=0.0, vmax=1.0)
     ax.set_yticks(range(len(task_names)), [_pretty(t) for t in task_names], fontsize=8)
     ax.set_xlabel(f"channel ({len(channels)} of {a.shape[1]})", fontsize=8)
     ax.set_xticks([])
@@ -329,11 +312,11 @@ def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mappin
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    limits = depth_limits(maps["depth"]) if "depth" in maps else None
+    limits = colors.depth_limits(maps["depth"]) if "depth" in maps else None
     pictures = {}
     for task, m in maps.items():
         np.save(out / f"{task}.npy", m if np.asarray(m).dtype.kind in "ui" else np.asarray(m, dtype=np.float32))
-        pictures[task] = colorize(task, m, image=image, num_classes=num_classes.get(task), depth_range=limits)
+        pictures[task] = colors.colorize(task, m, image=image, num_classes=num_classes.get(task), depth_range=limits)
         Image.fromarray(pictures[task]).save(out / f"{task}.png")
     save_figure(prediction_panel(image, maps, num_classes=num_classes, pictures=pictures), out / "panel.png")
     if spatial_affinity:
@@ -343,7 +326,7 @@ def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mappin
                            title="spatial task-prompt affinity (rows: tasks, columns: decoding levels)")
         for task, levels in spatial_affinity.items():
             for k, m in enumerate(levels):
-                Image.fromarray(heatmap_overlay(image, m)).save(aff / f"{task}_level{k + 1}.png")
+                Image.fromarray(colors.heatmap_overlay(image, m)).save(aff / f"{task}_level{k + 1}.png")
         for k, ch in enumerate(channel_affinity):
             if ch is not None:
                 plot_channel_affinity(aff / f"channel_level{k + 1}.png", ch, list(task_names),
