@@ -95,6 +95,13 @@ def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def summed_over_processes(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """A CPU copy of ``t`` summed over all processes (``t`` itself in one process); every process must call it."""
+    if not d.enabled:
+        return t
+    return all_reduce_sum_(t.to(d.device)).cpu()
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     if dist.is_initialized() and dist.get_world_size() > 1:
         box = [obj]

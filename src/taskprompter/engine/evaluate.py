@@ -31,7 +31,7 @@ from ..inference import logits_to_map
 from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
-from .distributed import Dist, all_reduce_sum_, cleanup_distributed, init_distributed
+from .distributed import Dist, cleanup_distributed, init_distributed, summed_over_processes
 
 
 class NonFiniteOutputError(TaskPrompterError):
@@ -157,10 +157,7 @@ def first_non_finite(outputs: Mapping[str, torch.Tensor], metas: list[dict[str, 
 
 def _raise_if_non_finite(broken: str, dist: Dist) -> None:
     """Every process stops together (the meters' all-reduce would otherwise wait for the one that stopped)."""
-    flag = torch.tensor([1.0 if broken else 0.0])
-    if dist.enabled:
-        flag = all_reduce_sum_(flag.to(dist.device)).cpu()
-    if flag.item() > 0:
+    if summed_over_processes(torch.tensor([1.0 if broken else 0.0]), dist).item() > 0:
         where = broken or "a sample of another process"
         raise NonFiniteOutputError(f"the model's outputs are NaN or infinite for {where}: metrics not reported "
                                    "(check the checkpoint's weights, e.g. after a diverged run, and the input)")

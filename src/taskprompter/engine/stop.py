@@ -10,8 +10,7 @@ from typing import Any
 
 import torch
 
-from . import distributed as dist_utils
-from .distributed import Dist
+from .distributed import Dist, summed_over_processes
 
 
 class StopRequest:
@@ -53,10 +52,7 @@ class StopRequest:
 
     def requested(self, d: Dist) -> bool:
         """Whether any process was asked to stop: one all-reduce under torchrun, so that all stop after one step."""
-        flag = torch.tensor([0.0 if self.signum is None else 1.0])
-        if d.enabled:
-            flag = dist_utils.all_reduce_sum_(flag.to(d.device)).cpu()
-        return bool(flag.item() > 0)
+        return bool(summed_over_processes(torch.tensor([0.0 if self.signum is None else 1.0]), d).item() > 0)
 
 
 def ignore_sigint(worker_id: int) -> None:

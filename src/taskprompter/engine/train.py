@@ -41,7 +41,7 @@ from ..model.pretrained import load_vit_weights
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
-from .distributed import Dist, init_distributed, unwrap, wrap_model
+from .distributed import Dist, init_distributed, summed_over_processes, unwrap, wrap_model
 from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
 from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
@@ -337,8 +337,7 @@ def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: 
     names = list(per_batch[0])
     sizes = [len(per_batch[0][t]) for t in names]
     flat = torch.cat([sum(s[t] for s in per_batch) for t in names]).to(torch.float64)  # counts: exact in float64
-    if d.enabled:
-        flat = dist_utils.all_reduce_sum_(flat.to(d.device)).cpu()
+    flat = summed_over_processes(flat, d)
     return {t: v.long().to(d.device) for t, v in zip(names, flat.split(sizes))}
 
 
@@ -346,8 +345,7 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: 
     """Stop every process together when any loss is NaN/inf, naming the step and the task(s)."""
     names = [k for k in losses if k != "total"] + ["total"]
     bad = torch.tensor([0.0 if torch.isfinite(losses[k].detach()).all() else 1.0 for k in names])
-    if d.enabled:  # every rank must stop, or the others would wait forever in the next all-reduce
-        bad = dist_utils.all_reduce_sum_(bad.to(d.device)).cpu()
+    bad = summed_over_processes(bad, d)  # every rank must stop, or the others would wait in the next all-reduce
     if bad.sum() > 0:
         which = [n for n, b in zip(names, bad.tolist()) if b > 0 and n != "total"] or ["total"]
         values = ", ".join(f"{n}={losses[n].detach().float().item():.4g}" for n in which)
@@ -358,10 +356,7 @@ def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: 
 def _reduce_means(sums: dict[str, float], count: int, d: Dist) -> dict[str, float]:
     keys = sorted(sums)
     t = torch.tensor([sums[k] / max(count, 1) for k in keys], dtype=torch.float64)
-    if d.enabled:
-        dev = t.to(d.device) if d.device.type == "cuda" else t
-        dist_utils.all_reduce_sum_(dev)
-        t = dev.cpu() / d.world_size
+    t = summed_over_processes(t, d) / d.world_size
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
 
