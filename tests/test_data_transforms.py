@@ -246,3 +246,23 @@ def test_seeded_reads_the_training_stream_by_epoch():
         ds.set_epoch(epoch)
         by_epoch += [ds[i] for i in epoch_order(len(ds), 5, epoch)]
     assert by_epoch == trained
+
+
+def test_resize_to_puts_labels_at_the_label_size_without_touching_values():
+    from taskprompter.data.transforms import ResizeTo, fixed_size_transform
+
+    rng = np.random.default_rng(0)
+    semseg = np.repeat(np.repeat(rng.integers(0, 19, (4, 8)), 4, 0), 4, 1)  # (16, 32) in 4x4 blocks
+    depth = np.repeat(np.repeat(rng.uniform(0, 60, (4, 8)).astype(np.float32), 4, 0), 4, 1)
+    sample = {"image": rng.uniform(0, 255, (16, 32, 3)).astype(np.float32), "semseg": semseg, "depth": depth,
+              "3ddet": {"label": np.array([0])}, "meta": new_meta("a", (16, 32))}
+    out = ResizeTo((8, 16), (4, 8))(sample)
+    assert out["image"].shape == (8, 16, 3) and out["semseg"].shape == out["depth"].shape == (4, 8)
+    np.testing.assert_array_equal(out["semseg"], semseg[::4, ::4])  # nearest: one pixel per 4x4 block
+    np.testing.assert_array_equal(out["depth"], depth[::4, ::4])  # disparity values are not rescaled
+    assert out["3ddet"] is sample["3ddet"]
+    np.testing.assert_allclose(out["image"], resize_bilinear(sample["image"], (8, 16)))
+    normalised = fixed_size_transform((8, 16), (4, 8))(sample, rng)
+    np.testing.assert_allclose(normalised["image"], Normalize()(out)["image"], rtol=1e-6)
+    with pytest.raises(DataError, match="3-D boxes"):
+        HFlip(1.0)(sample, rng)

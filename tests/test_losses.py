@@ -147,3 +147,20 @@ def test_shares_of_micro_batches_add_up_to_the_whole_batch_loss_and_gradient():
     # the released per-micro-batch normalisation does not add up (the batches' valid counts differ)
     local = [criterion(o, b) for o, b in micro]
     assert abs(sum(s["human_parts"] for s in local).item() / len(parts) - whole["human_parts"].item()) > 1e-3
+
+
+def test_disparity_loss_counts_zero_and_skips_minus_one():
+    # Cityscapes-3D's released encoding: -1 = invalid, 0 = a valid (far) disparity; depth in metres: 0 = invalid
+    pred = torch.tensor([[[[1.0, 2.0, 3.0, 4.0]]]])  # (1, 1, 1, 4)
+    target = torch.tensor([[[[0.0, 2.5, -1.0, 1.0]]]])
+    disparity = MultiTaskLoss(["depth"], zero_depth_valid=True)
+    metres = MultiTaskLoss(["depth"])
+    assert disparity({"depth": pred}, {"depth": target})["depth"].item() == pytest.approx((1 + 0.5 + 3) / 3)
+    assert metres({"depth": pred}, {"depth": target})["depth"].item() == pytest.approx((0.5 + 3) / 2)
+    assert disparity.batch_stats({"depth": target})["depth"].tolist() == [3]
+    assert metres.batch_stats({"depth": target})["depth"].tolist() == [2]
+
+
+def test_a_task_without_a_loss_is_refused_by_name():
+    with pytest.raises(ValueError, match="3ddet"):
+        MultiTaskLoss(["semseg", "3ddet"])

@@ -163,6 +163,8 @@ class Predictor:
 
     def _restore(self, t: torch.Tensor, fit: Fit) -> torch.Tensor:
         """(B, C, H, W) on the model grid -> (B, C, H0, W0): crop the padding, resize to the original size."""
+        if tuple(t.shape[-2:]) != self.img_size:  # outputs at the label size (Swin: half the input)
+            t = F.interpolate(t.float(), size=self.img_size, mode="bilinear", align_corners=False)  # (B, C, H, W)
         top, bottom, left, right = fit.pad
         t = t[..., top:t.shape[-2] - bottom, left:t.shape[-1] - right]  # (B, C, h, w)
         return F.interpolate(t.float(), size=fit.size, mode="bilinear", align_corners=False)
@@ -180,7 +182,8 @@ class Predictor:
         else:
             out = self.model(x.to(self.device), return_affinities=affinity)
             out, aff_levels = out if affinity else (out, None)
-            logits = {t: self._restore(v.cpu(), fit)[0] for t, v in out.items()}  # (C, H0, W0)
+            logits = {t: self._restore(v.cpu(), fit)[0] for t, v in out.items()
+                      if torch.is_tensor(v)}  # (C, H0, W0); detection features are not maps
         if affinity and aff_levels is None:
             _, aff_levels = self.model(x.to(self.device), return_affinities=True)
         pred = Prediction(maps={t: logits_to_map(t, v) for t, v in logits.items()},
@@ -203,6 +206,10 @@ class Predictor:
             for left in _starts(Ws, W):
                 out = self.model(x[..., top:top + H, left:left + W].to(self.device))
                 for t, v in out.items():
+                    if not torch.is_tensor(v):  # detection features
+                        continue
+                    if tuple(v.shape[-2:]) != (H, W):  # outputs at the label size
+                        v = F.interpolate(v.float(), size=(H, W), mode="bilinear", align_corners=False)
                     acc = sums.setdefault(t, torch.zeros(1, v.shape[1], Hs, Ws))
                     acc[..., top:top + H, left:left + W] += v.float().cpu()
                 count[..., top:top + H, left:left + W] += 1

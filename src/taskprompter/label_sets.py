@@ -40,3 +40,18 @@ def label_colormap(n: int) -> np.ndarray:
 VOC_PALETTE: np.ndarray = label_colormap(256)[: len(VOC_CLASSES)]  # (21, 3) uint8, the standard VOC colours
 PART_PALETTE: np.ndarray = label_colormap(len(PART_NAMES))  # (7, 3) uint8
 NYU40_PALETTE: np.ndarray = label_colormap(len(NYU40_CLASSES) + 1)[1:]  # (40, 3); label i uses VOC colour i + 1
+
+# Cityscapes' 19 evaluation classes (train ids 0..18) and their standard colours (cityscapesScripts' labels.py);
+# CITYSCAPES_LABEL_IDS[i] is the labelId of train id i (every other labelId is ignored).
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation", "terrain",
+    "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+CITYSCAPES_LABEL_IDS: tuple[int, ...] = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+CITYSCAPES_PALETTE: np.ndarray = np.array([
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153), (250, 170, 30),
+    (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142),
+    (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+], dtype=np.uint8)  # fmt: skip
+# The six Cityscapes-3D detection classes, in the released class-id order (0..5).
+CITYSCAPES3D_DET_CLASSES: tuple[str, ...] = ("car", "truck", "bus", "train", "motorcycle", "bicycle")

@@ -13,12 +13,14 @@ the released code (``local``).
   edge:    binary cross-entropy on the logit, 0.95 x positive terms + 0.05 x negative terms, divided by #valid.
   normals: the prediction L2-normalised over channels; L1 summed over the 3 components, divided by #valid
            (valid: ground truth not all zero).
-  depth:   L1 on the raw output over valid pixels (0 < gt, finite).
+  depth:   L1 on the raw output over valid pixels (0 < gt, finite); with ``zero_valid`` (disparity, Cityscapes-3D's
+           released encoding: -1 = invalid) over 0 <= gt instead, so a disparity of 0 (the far "sky") is learned.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +69,13 @@ def valid_normals(target: Tensor) -> Tensor:
     return (target != 0).any(1).logical_and(~(target == IGNORE_INDEX).all(1)).sum().reshape(1)
 
 
-def valid_depth(target: Tensor) -> Tensor:
-    """[#pixels with a depth] (0 < gt, finite)."""
-    return ((target > 0) & torch.isfinite(target)).sum().reshape(1)
+def _depth_mask(target: Tensor, zero_valid: bool) -> Tensor:
+    return ((target >= 0) if zero_valid else (target > 0)) & torch.isfinite(target)
+
+
+def valid_depth(target: Tensor, *, zero_valid: bool = False) -> Tensor:
+    """[#pixels with a depth] (0 < gt, finite; 0 <= gt with ``zero_valid``)."""
+    return _depth_mask(target, zero_valid).sum().reshape(1)
 
 
 def cross_entropy_loss(logits: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
@@ -113,12 +119,12 @@ def normals_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None) -> T
     return _pooled(total, stats[0])
 
 
-def depth_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None) -> Tensor:
-    """L1 on the raw prediction over valid pixels (gt > 0)."""
+def depth_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None, *, zero_valid: bool = False) -> Tensor:
+    """L1 on the raw prediction over valid pixels (gt > 0; gt >= 0 with ``zero_valid``)."""
     target = target[:, None] if target.dim() == 3 else target
-    stats = valid_depth(target) if stats is None else stats
+    stats = valid_depth(target, zero_valid=zero_valid) if stats is None else stats
     pred = _at_label_size(pred, target.shape[-2:]).float()
-    valid = (target > 0) & torch.isfinite(target)
+    valid = _depth_mask(target, zero_valid)
     total = torch.where(valid, (pred - target.float()).abs(), torch.zeros_like(pred)).sum()
     return _pooled(total, stats[0])
 
@@ -127,18 +133,28 @@ class MultiTaskLoss(nn.Module):
     """Sum over tasks of weight x loss; forward returns {task: loss, ..., "total": weighted sum}.
 
     weights: per-task overrides of the released defaults (semseg 1, depth 1, human_parts 2, sal 5,
-    normals 10, edge 50). ``forward(outputs, batch, stats)``: with ``stats`` ({task: ``LOSS_STATS[task]`` summed
+    normals 10, edge 50). ``zero_depth_valid``: the depth task holds disparity with -1 = invalid (Cityscapes-3D), so
+    0 is a valid target. ``forward(outputs, batch, stats)``: with ``stats`` ({task: ``LOSS_STATS[task]`` summed
     over a larger batch}) every loss is this batch's share of that batch's loss -- the shares of its parts add up
     to it exactly; without, each loss is normalised by this batch alone.
     """
 
-    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
+    def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None, *,
+                 zero_depth_valid: bool = False) -> None:
         super().__init__()
         tasks = list(tasks)
         check_task_names(tasks)
         check_task_names(weights or {})
+        no_loss = [t for t in tasks if t not in LOSSES]
+        if no_loss:
+            raise ValueError(f"no training loss for task(s) {no_loss} yet (3-D detection: head, targets and losses "
+                             "are the next issue); train the dense tasks, e.g. data.tasks=[semseg, depth]")
         self.tasks = tasks
         self.weights = {t: float((weights or {}).get(t, TASKS[t].loss_weight)) for t in tasks}
+        self.losses = {t: partial(depth_loss, zero_valid=True) if t == "depth" and zero_depth_valid else LOSSES[t]
+                       for t in tasks}
+        self.stats = {t: partial(valid_depth, zero_valid=True) if t == "depth" and zero_depth_valid else LOSS_STATS[t]
+                      for t in tasks}
 
     def forward(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
                 stats: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -148,14 +164,14 @@ class MultiTaskLoss(nn.Module):
                 raise KeyError(f"model outputs have no {task!r}; outputs: {sorted(outputs)}")
             if task not in batch:
                 raise DataError(f"the batch has no {task!r} labels; keys: {sorted(batch)}")
-            losses[task] = LOSSES[task](outputs[task], batch[task], None if stats is None else stats[task])
+            losses[task] = self.losses[task](outputs[task], batch[task], None if stats is None else stats[task])
         losses["total"] = sum(self.weights[t] * losses[t] for t in self.tasks)
         return losses
 
 
     def batch_stats(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """{task: the statistics its normalisation needs} of one batch (int64 counts: they add over batches)."""
-        return {task: LOSS_STATS[task](batch[task]).long() for task in self.tasks}
+        return {task: self.stats[task](batch[task]).long() for task in self.tasks}
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {

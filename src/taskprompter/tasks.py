@@ -8,19 +8,29 @@ Delta_m, figures) reads these entries instead of keeping its own copy.
   tolerance. Adding a dataset means adding one entry here (and its reader in `taskprompter.data`).
 - `IGNORE_INDEX`: the label value that every reader writes for "not labelled" (class tasks, saliency, edges).
 
-Tasks are always ordered as the released code orders them -- semseg, depth, human_parts, sal, normals,
-edge -- filtered to the enabled ones; prompt t belongs to the t-th task in that order.
+Tasks are always ordered as the released code orders them -- semseg, depth, human_parts, sal, normals, edge,
+3ddet -- filtered to the enabled ones; prompt t belongs to the t-th task in that order.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ConfigError
-from .label_sets import NYU40_CLASSES, NYU40_PALETTE, PART_NAMES, PART_PALETTE, VOC_CLASSES, VOC_PALETTE
+from .label_sets import (
+    CITYSCAPES3D_DET_CLASSES,
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_PALETTE,
+    NYU40_CLASSES,
+    NYU40_PALETTE,
+    PART_NAMES,
+    PART_PALETTE,
+    VOC_CLASSES,
+    VOC_PALETTE,
+)
 
 IGNORE_INDEX = 255
 
@@ -38,7 +48,8 @@ def higher_is_better(metric: str) -> bool:
 @dataclass(frozen=True)
 class TaskSpec:
     name: str
-    kind: str  # "classify" (per-pixel classes), "regress" (continuous values), "binary" (one logit)
+    kind: str  # "classify" (per-pixel classes), "regress" (continuous values), "binary" (one logit),
+    #            "detect" (3-D boxes: the model returns its decoded feature maps; head, loss and mDS: issue 14)
     loss_weight: float  # released multi-task loss weight
     pretty: str  # name used in tables (the paper's column headers)
     primary: str  # the metric that ranks checkpoints and enters Delta_m (the paper's table column)
@@ -59,6 +70,12 @@ class DatasetSpec:
     class_names: dict[str, tuple[str, ...]]  # per class task, one name per channel (class id order)
     palettes: dict[str, np.ndarray]  # per class task, (channels, 3) uint8 colours
     boundary_max_dist: float  # edge matching tolerance, a fraction of the image diagonal
+    depth_name: str = "depth"  # what the depth task holds: "depth" (metres, 0 = invalid) or "disparity" (pixels,
+    #                            -1 = invalid, 0 a valid disparity: the released Cityscapes-3D encoding)
+    pipeline: str = "crop"  # input pipeline: "crop" (released PASCAL/NYUD: scale, crop, flip, photometric; eval pads)
+    #                         or "resize" (released Cityscapes-3D: image resized to data.size, no augmentation)
+    label_scale: float = 1.0  # label maps' size / the input size (Cityscapes-3D: 0.5, 512x1024 for 1024x2048)
+    loss_weights: Mapping[str, float] = field(default_factory=dict)  # released weights that differ from TASKS'
 
     def __post_init__(self) -> None:
         """Fail at import on an inconsistent entry, naming it."""
@@ -85,7 +102,10 @@ TASKS: dict[str, TaskSpec] = {
     "sal": TaskSpec("sal", "classify", 5.0, "Saliency", "maxF", channels=2),  # background / salient
     "normals": TaskSpec("normals", "regress", 10.0, "Normal", "mean", channels=3),
     "edge": TaskSpec("edge", "binary", 50.0, "Boundary", "odsF", channels=1),
+    # monocular 3-D detection of Cityscapes-3D (the Swin-B system); channels = detection classes
+    "3ddet": TaskSpec("3ddet", "detect", 1.0, "3D Det", "mDS"),
 }
+DENSE_TASKS: tuple[str, ...] = tuple(t for t, spec in TASKS.items() if spec.kind != "detect")
 TASK_ORDER: tuple[str, ...] = tuple(TASKS)
 
 
@@ -125,8 +145,22 @@ DATASET_SPECS: dict[str, DatasetSpec] = {
         palettes={"semseg": NYU40_PALETTE},
         boundary_max_dist=0.011,
     ),
+    # Cityscapes-3D as the released Swin-B TaskPrompter trains on it (swin-cityscapes3d.md section 2): 19 train
+    # ids, disparity in full-resolution pixels, six detection classes
+    "cityscapes3d": DatasetSpec(
+        name="cityscapes3d",
+        tasks={"semseg": 19, "depth": 1, "3ddet": 6},
+        class_names={"semseg": CITYSCAPES_CLASSES, "3ddet": CITYSCAPES3D_DET_CLASSES},
+        palettes={"semseg": CITYSCAPES_PALETTE, "3ddet": CITYSCAPES_PALETTE[[13, 14, 15, 16, 17, 18]]},
+        boundary_max_dist=0.0075,  # unused: no boundary task
+        depth_name="disparity",
+        pipeline="resize",
+        label_scale=0.5,
+        loss_weights={"semseg": 100.0, "depth": 1.0, "3ddet": 1.0},
+    ),
 }
 
 # Views of the table under their older names (the model presets read these).
 PASCAL_CONTEXT_TASKS: dict[str, int] = DATASET_SPECS["pascal_context"].tasks
 NYUD_TASKS: dict[str, int] = DATASET_SPECS["nyud"].tasks
+CITYSCAPES3D_TASKS: dict[str, int] = DATASET_SPECS["cityscapes3d"].tasks

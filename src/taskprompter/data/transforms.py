@@ -26,8 +26,12 @@ PAD_VALUE = {"image": 0.0, "semseg": IGNORE_INDEX, "depth": 0.0, "human_parts": 
              "sal": IGNORE_INDEX, "normals": 0.0, "edge": IGNORE_INDEX}  # image 0 = the mean after Normalize
 
 
+# entries of a sample that are not pixel maps: metadata and per-object records (Cityscapes-3D boxes)
+NON_MAPS = ("meta", "3ddet")
+
+
 def _arrays(sample: Sample) -> list[str]:
-    return [k for k in sample if k != "meta"]
+    return [k for k in sample if k not in NON_MAPS]
 
 
 def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,6 +64,31 @@ def resize(sample: Sample, size: tuple[int, int]) -> Sample:
         else:
             out[key] = sample[key][rows][:, cols]
     return out
+
+
+class ResizeTo:
+    """The released Cityscapes-3D input pipeline's geometry: the image resized (bilinear) to ``size`` and every
+    label map (nearest) to ``label_size`` -- labels at half the input size, as the released model predicts them.
+    Values are not rescaled (disparity stays in full-resolution pixels, as released); 3-D boxes are untouched (they
+    live in the original camera's pixels, which the camera in ``meta`` describes)."""
+
+    def __init__(self, size: tuple[int, int], label_size: tuple[int, int]) -> None:
+        self.size, self.label_size = (int(size[0]), int(size[1])), (int(label_size[0]), int(label_size[1]))
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        out = dict(sample)
+        image = sample["image"]
+        if image.shape[:2] != self.size:
+            out["image"] = resize_bilinear(np.asarray(image, dtype=np.float32), self.size)
+        labels = {k: v for k, v in sample.items() if k not in NON_MAPS and k != "image"}
+        if labels:
+            h, w = next(iter(labels.values())).shape[:2]
+            if (h, w) != self.label_size:
+                nh, nw = self.label_size
+                rows = np.minimum(((np.arange(nh) + 0.5) * h / nh).astype(np.int64), h - 1)  # nearest source pixel
+                cols = np.minimum(((np.arange(nw) + 0.5) * w / nw).astype(np.int64), w - 1)
+                out.update({k: v[rows][:, cols] for k, v in labels.items()})
+        return out
 
 
 class Compose:
@@ -130,6 +159,8 @@ class HFlip:
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if rng.random() >= self.p:
             return sample
+        if "3ddet" in sample:
+            raise DataError("HFlip does not mirror 3-D boxes: train Cityscapes-3D without flipping (data.flip=false)")
         out = {k: (v if k == "meta" else np.ascontiguousarray(v[:, ::-1])) for k, v in sample.items()}
         if "normals" in out:
             out["normals"][..., 0] *= -1  # a mirrored scene has mirrored surface orientation
@@ -223,6 +254,17 @@ def train_transform(size: tuple[int, int], tasks: Sequence[str] = (), *, scale: 
     if photometric:
         steps.append(PhotometricDistortion())
     return Compose(steps + [Normalize(), PadTo(size), IgnoreRegions()])
+
+
+def fixed_size_transform(size: tuple[int, int], label_size: tuple[int, int], *, photometric: bool = False
+                         ) -> Compose:
+    """Cityscapes-3D (released): no geometric augmentation -- the image resized to ``size``, labels to
+    ``label_size`` -- then ImageNet normalisation; ``photometric`` adds the image-only colour distortion (not
+    released). The same pipeline serves training and evaluation."""
+    steps: list = [ResizeTo(size, label_size)]
+    if photometric:
+        steps.append(PhotometricDistortion())
+    return Compose(steps + [Normalize()])
 
 
 def eval_transform(size: tuple[int, int] | None = None) -> Compose:

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Subset
 from ..config import Config, apply_overrides, from_dict, load_config
 from ..data import build_dataset, collate
 from ..data.sampling import shard_indices
-from ..data.transforms import eval_transform
+from ..data.transforms import eval_transform, fixed_size_transform, train_transform
 from ..errors import CheckpointError, ConfigError, TaskPrompterError
 from ..inference import logits_to_map
 from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
@@ -52,8 +52,37 @@ def task_channels(dataset_format: str, tasks: list[str] | tuple[str, ...], root:
     return {t: int(provided[t]) for t in ordered_tasks(tasks)}
 
 
+def zero_depth_valid(dataset_format: str) -> bool:
+    """The dataset's depth task holds disparity with -1 = invalid, so 0 is a valid target (Cityscapes-3D)."""
+    spec = DATASET_SPECS.get(dataset_format)
+    return spec is not None and spec.depth_name == "disparity"
+
+
+def label_size(cfg: Config) -> tuple[int, int]:
+    """The size of the label maps (and of the model's outputs) for ``data.size``: the dataset's ``label_scale``."""
+    scale = DATASET_SPECS[cfg.data.format].label_scale if cfg.data.format in DATASET_SPECS else 1.0
+    return (round(cfg.data.size[0] * scale), round(cfg.data.size[1] * scale))
+
+
+def dataset_transform(cfg: Config, tasks: list[str], *, train: bool):
+    """The input pipeline of the dataset's protocol (``DatasetSpec.pipeline``): "crop" -- the released PASCAL/NYUD
+    augmentation for training, centred padding for evaluation -- or "resize" -- the released Cityscapes-3D pipeline,
+    image resized to ``data.size`` and labels to the label size, no geometric augmentation (``data.flip`` and
+    ``data.scale_range`` must be off)."""
+    spec = DATASET_SPECS.get(cfg.data.format)
+    if spec is not None and spec.pipeline == "resize":
+        if train and (cfg.data.flip or tuple(cfg.data.scale_range) != (1.0, 1.0)):
+            raise ConfigError(f"{cfg.data.format} trains without geometric augmentation (released; its 3-D boxes "
+                              "and camera are not transformed): set data.flip=false and data.scale_range=[1, 1]")
+        return fixed_size_transform(tuple(cfg.data.size), label_size(cfg), photometric=train and cfg.data.photometric)
+    if train:
+        return train_transform(tuple(cfg.data.size), tasks, scale=tuple(cfg.data.scale_range),
+                               flip_p=0.5 if cfg.data.flip else 0.0, photometric=cfg.data.photometric)
+    return eval_transform(tuple(cfg.data.size))
+
+
 def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
-    ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, eval_transform(tuple(cfg.data.size)),
+    ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, dataset_transform(cfg, tasks, train=False),
                        edge_protocol="seism")  # boundaries are scored against SEISM's ground truth
     if cfg.data.max_val_samples and len(ds) > cfg.data.max_val_samples:
         ds = Subset(ds, list(range(cfg.data.max_val_samples)))
@@ -62,7 +91,8 @@ def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
 
 def build_task_meters(tasks: Mapping[str, int], dataset_format: str) -> dict[str, Any]:
     """Meters with the dataset's conventions (`tasks.DATASET_SPECS`); for other formats (custom) the class counts
-    come from ``tasks`` and the rest is generic."""
+    come from ``tasks`` and the rest is generic. Detection tasks have no pixel meter (mDS: the detection issue)."""
+    tasks = {t: c for t, c in dict(tasks).items() if TASKS[t].kind != "detect"}
     if dataset_format in DATASET_SPECS:
         return build_meters(list(tasks), dataset=dataset_format)
     return {t: build_meter(t, num_classes=c) if t in CLASS_TASKS else build_meter(t) for t, c in tasks.items()}
@@ -114,7 +144,9 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
              batch_size: int = 4, num_workers: int = 0, amp_dtype: torch.dtype | None = None,
              save_dir: str | Path | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} over ``dataset`` (this process's shard; meters all-reduced across processes).
-    ``tasks`` maps each evaluated task to its output channels."""
+    ``tasks`` maps each evaluated task to its output channels; detection tasks are left out (their metric, mDS, comes
+    with the detection head)."""
+    tasks = {t: c for t, c in tasks.items() if TASKS[t].kind != "detect"}
     meters = build_task_meters(tasks, dataset_format)
     shard = Subset(dataset, shard_indices(len(dataset), dist.rank, dist.world_size))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)

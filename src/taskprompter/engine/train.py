@@ -32,17 +32,25 @@ from ..config import Config, closest_key, to_dict
 from ..data import build_dataset, collate
 from ..data.check import header_problems
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
-from ..data.transforms import train_transform
 from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
 from ..model.build import VARIANTS, build_variant, preset_kwargs
 from ..model.io import load_state_exactly
 from ..model.pretrained import load_vit_weights
+from ..tasks import DATASET_SPECS
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
 from .distributed import Dist, init_distributed, summed_over_processes, unwrap, wrap_model
-from .evaluate import best_metric_spec, build_eval_dataset, evaluate, format_table, task_channels
+from .evaluate import (
+    best_metric_spec,
+    build_eval_dataset,
+    dataset_transform,
+    evaluate,
+    format_table,
+    task_channels,
+    zero_depth_valid,
+)
 from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from .stop import StopRequest, ignore_sigint
@@ -129,6 +137,13 @@ def amp_settings(cfg: Config, device: torch.device, log) -> tuple[torch.dtype | 
     return (torch.bfloat16, False) if cfg.train.amp == "bf16" else (torch.float16, True)
 
 
+def loss_weights(cfg: Config) -> dict[str, float]:
+    """Per-task loss weights: the task table's, the dataset's released ones (Cityscapes-3D: semseg 100), then
+    ``train.loss_weights``."""
+    spec = DATASET_SPECS.get(cfg.data.format)
+    return {**(dict(spec.loss_weights) if spec is not None else {}), **cfg.train.loss_weights}
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -153,10 +168,13 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         _on_main(d, partial(rundir.probe, out_dir, lock))
         check_model_config(cfg)
         tasks = task_channels(cfg.data.format, cfg.data.tasks, cfg.data.root, cfg.data.train_split)
+        try:
+            criterion = MultiTaskLoss(tasks=list(tasks), weights=loss_weights(cfg),
+                                      zero_depth_valid=zero_depth_valid(cfg.data.format))
+        except ValueError as err:
+            raise ConfigError(f"data.tasks: {err}") from err
         train_ds = build_dataset(cfg.data.format, cfg.data.root, cfg.data.train_split, list(tasks),
-                                 train_transform(tuple(cfg.data.size), list(tasks), scale=tuple(cfg.data.scale_range),
-                                                 flip_p=0.5 if cfg.data.flip else 0.0,
-                                                 photometric=cfg.data.photometric))
+                                 dataset_transform(cfg, list(tasks), train=True))
         val_ds = build_eval_dataset(cfg, cfg.data.val_split, list(tasks))
         micro_batch_size(cfg.train.batch_size, d.world_size, cfg.train.accum_steps)  # fail before any output
         spec = best_metric_spec(cfg.train.best_metric, list(tasks))
@@ -193,7 +211,6 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                  f"{cfg.model.name}, tasks {list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
         notes.replay(log)
         net = wrap_model(model, d, sync_bn=cfg.train.sync_bn)
-        criterion = MultiTaskLoss(tasks=list(tasks), weights=cfg.train.loss_weights or None)
         # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
         # processes' micro-batches), scaled by W because DDP averages gradients -- so the gradient is the global
         # batch's, for any process or micro-batch count; local: each micro-batch's own mean (released code)
