@@ -13,14 +13,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", required=True, choices=FORMATS, help="tree layout to write")
     parser.add_argument("--out", required=True, type=Path, help="dataset root to create")
     parser.add_argument("--num", type=int, default=200, help="number of samples (default 200)")
-    parser.add_argument("--size", type=int, nargs=2, default=(128, 160), metavar=("H", "W"),
-                        help="image height and width (default 128 160)")
+    parser.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="image height and width (default 128 160; cityscapes3d: 256 512)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed; sample i is a function of (seed, i)")
     parser.add_argument("--split-ratio", type=float, default=0.8, help="fraction of samples in train (rest val)")
     parser.add_argument("--workers", type=int, default=1, help="processes (the output does not depend on it)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.size is None:
+        args.size = (256, 512) if args.format == "cityscapes3d" else (128, 160)
     start = time.perf_counter()
     root = generate(args.out, format=args.format, num=args.num, size=tuple(args.size), seed=args.seed,
                     split_ratio=args.split_ratio, workers=args.workers, progress=args.num >= 500)

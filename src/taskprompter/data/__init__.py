@@ -19,6 +19,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..tasks import DATASET_SPECS
 from .base import TaskDataset, Transform
+from .cityscapes3d import Cityscapes3D
 from .custom import CustomDataset
 from .nyud import NYUD
 from .pascal_context import PascalContext
@@ -46,9 +47,10 @@ DATASETS: dict[str, Callable[..., TaskDataset]] = {
     "pascal_context": PascalContext,
     "nyud": NYUD,
     "custom": CustomDataset,
+    "cityscapes3d": Cityscapes3D,
 }
 
 __all__ = [
-    "DATASETS", "DATASET_TASKS", "NYUD", "CustomDataset", "PascalContext", "SeededDataset", "TaskDataset",
-    "build_dataset", "collate", "epoch_order", "seeded", "to_tensors",
+    "DATASETS", "DATASET_TASKS", "NYUD", "Cityscapes3D", "CustomDataset", "PascalContext", "SeededDataset",
+    "TaskDataset", "build_dataset", "collate", "epoch_order", "seeded", "to_tensors",
 ]  # fmt: skip

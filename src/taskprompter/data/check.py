@@ -13,14 +13,18 @@ from torch.utils.data import Dataset, Subset
 
 from ..errors import TaskPrompterError
 from . import build_dataset
+from .cityscapes3d import list_splits as cityscapes3d_splits
 from .fileio import list_splits
 
-FORMATS = ("pascal_context", "nyud", "custom")
+FORMATS = ("pascal_context", "nyud", "custom", "cityscapes3d")
 SPLIT_DIRS = {"pascal_context": ("ImageSets/Context", "PASCALContext/ImageSets/Context"),
-              "nyud": ("gt_sets", "NYUDv2/gt_sets"), "custom": ("splits",)}
+              "nyud": ("gt_sets", "NYUDv2/gt_sets"), "custom": ("splits",),
+              "cityscapes3d": ("leftImg8bit", "Cityscapes/leftImg8bit")}  # Cityscapes: a folder per split
 
 
 def find_splits(fmt: str, root: Path) -> list[str]:
+    if fmt == "cityscapes3d":
+        return cityscapes3d_splits(root)
     for rel in SPLIT_DIRS[fmt]:
         found = list_splits(root / rel)
         if found:

@@ -3,9 +3,11 @@
 On disk -> *raw sample* (NumPy, channels last, what transforms see):
     image float32 (H, W, 3) in [0, 255] (ImageNet-normalised once `Normalize` ran);
     semseg, human_parts, sal, edge int64 (H, W), 255 = ignore; depth float32 (H, W), 0 = invalid;
-    normals float32 (H, W, 3), all-zero = invalid; meta {"id", "size": (H0, W0), "pad": (top, bottom, left, right)}.
+    normals float32 (H, W, 3), all-zero = invalid; meta {"id", "size": (H0, W0), "pad": (top, bottom, left, right)};
+    3ddet (Cityscapes-3D) a dict of per-object arrays (cityscapes3d.py), meta then also holds "camera".
 -> `to_tensors` -> *sample* (torch, channels first): image (3, H, W), depth (1, H, W), normals (3, H, W),
-   label maps (H, W) int64, meta unchanged. `collate` stacks samples into a batch with a leading B.
+   label maps (H, W) int64, 3ddet a dict of tensors (float32; int64 for integer fields), meta unchanged.
+   `collate` stacks samples into a batch with a leading B; meta and 3ddet become lists (one entry per sample).
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def to_tensors(raw: Sample) -> Sample:
     for key, value in raw.items():
         if key == "meta":
             out[key] = value
+        elif key == "3ddet":  # per-object arrays, n >= 0 objects
+            out[key] = {k: torch.tensor(np.asarray(v), dtype=torch.int64 if np.asarray(v).dtype.kind in "iub"
+                                        else torch.float32) for k, v in value.items()}
         elif key in ("image", "normals"):
             out[key] = torch.from_numpy(np.ascontiguousarray(value.transpose(2, 0, 1), dtype=np.float32))  # (3, H, W)
         elif key == "depth":
@@ -55,7 +60,7 @@ def collate(samples: Sequence[Sample]) -> Sample:
     batch: Sample = {}
     for key in keys:
         values = [s[key] for s in samples]
-        if key == "meta":
+        if key in ("meta", "3ddet"):  # per-sample records: a list
             batch[key] = values
             continue
         shapes = {tuple(v.shape) for v in values}

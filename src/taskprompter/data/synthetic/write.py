@@ -107,7 +107,7 @@ LAYOUT = {
                         "normals_distill", "sal_distill", "ImageSets/Context"), "ImageSets/Context",
                        write_pascal_sample),
 }  # format -> (folders to create, folder of the split lists, sample writer)
-FORMATS: tuple[str, ...] = tuple(LAYOUT)
+FORMATS: tuple[str, ...] = (*LAYOUT, "cityscapes3d")  # cityscapes3d: its own layout (synthetic/cityscapes3d.py)
 
 
 def _write_one(job: tuple[str, str, int, int, tuple[int, int]]) -> str:
@@ -133,6 +133,11 @@ def generate(out_dir: str | Path, *, format: str, num: int, size: tuple[int, int
         raise ConfigError(f"synthetic images must be at least 16x16, got {h}x{w}")
     if not 0.0 < split_ratio <= 1.0:
         raise ConfigError(f"split_ratio must be in (0, 1], got {split_ratio}")
+    if format == "cityscapes3d":  # street scenes in the Cityscapes tree, a folder per split
+        from .cityscapes3d import generate_cityscapes3d
+
+        return generate_cityscapes3d(root, num=num, size=(h, w), seed=seed, split_ratio=split_ratio, workers=workers,
+                                     progress=progress)
     folders, split_dir, _ = LAYOUT[format]
     for folder in folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
