@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 _PUBLIC: dict[str, str] = {
     "TaskPrompter": "taskprompter.model.taskprompter",
     "TaskSpecificEncoders": "taskprompter.model.variants",
+    "TaskPrompterSwin": "taskprompter.model.swin.taskprompter_swin",
     "build_model": "taskprompter.model.build",
     "list_models": "taskprompter.model.build",
     "load_model": "taskprompter.model.build",

@@ -17,9 +17,10 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..tasks import NYUD_TASKS, PASCAL_CONTEXT_TASKS
+from ..tasks import CITYSCAPES3D_TASKS, NYUD_TASKS, PASCAL_CONTEXT_TASKS
 from .encoder import hp_levels
 from .io import read_model_config, resolve_model_dir
+from .swin.taskprompter_swin import TaskPrompterSwin
 from .taskprompter import TaskPrompter
 from .variants import TaskSpecificEncoders
 
@@ -73,28 +74,62 @@ PRESETS: dict[str, dict[str, Any]] = {
                                  img_size=(128, 128), channel_heads=4, decoder_dim=64, final_dim=64,
                                  cross_task_reweighting=True, decode_blocks=hp_levels(12, 4)),
 }
+
+
+def _swin(**kwargs: Any) -> dict[str, Any]:
+    """A TaskPrompterSwin preset: ``"class"`` names the model class a preset builds (TaskPrompter when absent)."""
+    return {"class": "TaskPrompterSwin", "patch_size": 4, **kwargs}
+
+
+# The Swin TaskPrompter (swin-cityscapes3d.md section 1): the released Swin-B on Cityscapes-3D; a tiny one for tests;
+# a small one for CPU training on synthetic street scenes (128x256 inputs). The small sizes keep resize_ratio 1:
+# with 0.75 no window of 4 divides every stage grid of a small input.
+PRESETS.update({
+    "taskprompter_swin_b_cityscapes3d": _swin(
+        embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12, tasks=CITYSCAPES3D_TASKS,
+        img_size=(1024, 2048), resize_ratio=0.75, decoder_dim=256, final_dim=450, channel_dim=256, channel_heads=1,
+        drop_path_rate=0.15, output_scale=0.5),
+    "taskprompter_swin_tiny": _swin(
+        embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4, tasks={"semseg": 19, "depth": 1},
+        img_size=(128, 256), resize_ratio=1.0, decoder_dim=32, final_dim=32, channel_dim=16, drop_path_rate=0.0),
+    "taskprompter_swin_small": _swin(
+        embed_dim=48, depths=(2, 2, 4, 2), num_heads=(2, 4, 8, 16), window_size=4, tasks={"semseg": 19, "depth": 1},
+        img_size=(128, 256), resize_ratio=1.0, decoder_dim=48, final_dim=64, channel_dim=64, drop_path_rate=0.05),
+})
 for _name in ("taskprompter_vit_l_pascal", "taskprompter_vit_b_pascal", "taskprompter_vit_l_nyud",
               "taskprompter_vit_s_pascal"):
     PRESETS[_name + "_paper"] = _paper(**PRESETS[_name])
 
 
-def preset_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
-    """The TaskPrompter keyword arguments of a preset, with overrides applied (None values ignored)."""
+def _known_preset(name: str) -> None:
     if name not in PRESETS:
         import difflib
 
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f"; did you mean {close}?" if close else f"; known presets: {sorted(PRESETS)}"
         raise ConfigError(f"unknown model preset {name!r}{hint}")
-    kwargs = dict(PRESETS[name])
+
+
+def preset_class(name: str) -> type[nn.Module]:
+    """The model class a preset builds: its ``"class"`` entry (a MODEL_CLASSES name), TaskPrompter by default."""
+    _known_preset(name)
+    return MODEL_CLASSES[PRESETS[name].get("class", "TaskPrompter")]
+
+
+def preset_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor keyword arguments of a preset (its class: ``preset_class``), with overrides applied (None
+    values ignored)."""
+    _known_preset(name)
+    kwargs = {k: v for k, v in PRESETS[name].items() if k != "class"}
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return kwargs
 
 
 def build_model(name: str, tasks: Mapping[str, int] | None = None, img_size: tuple[int, int] | None = None,
-                **overrides: Any) -> TaskPrompter:
-    """Build a preset by name; ``tasks``, ``img_size`` and any TaskPrompter keyword override the preset's."""
-    model = TaskPrompter(**preset_kwargs(name, tasks=tasks, img_size=img_size, **overrides))
+                **overrides: Any) -> nn.Module:
+    """Build a preset by name (a TaskPrompter, or the class its ``"class"`` entry names); ``tasks``, ``img_size``
+    and any constructor keyword override the preset's."""
+    model = preset_class(name)(**preset_kwargs(name, tasks=tasks, img_size=img_size, **overrides))
     model.preset = name  # recorded by save_pretrained
     return model
 
@@ -104,8 +139,14 @@ def build_variant(variant: str, preset: str, **overrides: Any) -> nn.Module:
     if variant not in VARIANTS:
         raise ConfigError(f"model.variant '{variant}' is not one of {sorted(VARIANTS)}")
     kwargs = preset_kwargs(preset, **overrides)
+    cls = VARIANTS[variant]
+    if preset_class(preset) is not TaskPrompter:  # e.g. a Swin preset: "taskprompter" means the preset's own class
+        if variant != "taskprompter":
+            raise ConfigError(f"model.variant '{variant}' needs a TaskPrompter preset; {preset} builds a "
+                              f"{preset_class(preset).__name__} (use model.variant=taskprompter)")
+        cls = preset_class(preset)
     try:
-        model = VARIANTS[variant](**kwargs)
+        model = cls(**kwargs)
     except TypeError as err:  # an override that is not a constructor argument
         raise ConfigError(f"model.overrides: {err}") from err
     model.preset = preset
@@ -128,7 +169,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu", *
     return MODEL_CLASSES[name].from_pretrained(directory, device=device, **overrides)
 
 
-MODELS: dict[str, Callable[..., TaskPrompter]] = {name: partial(build_model, name) for name in PRESETS}
+MODELS: dict[str, Callable[..., nn.Module]] = {name: partial(build_model, name) for name in PRESETS}
 
 VARIANTS: dict[str, type[nn.Module]] = {"taskprompter": TaskPrompter, "task_specific_encoders": TaskSpecificEncoders}
 
@@ -136,4 +177,5 @@ VARIANTS: dict[str, type[nn.Module]] = {"taskprompter": TaskPrompter, "task_spec
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "TaskPrompter": TaskPrompter,
     "TaskSpecificEncoders": TaskSpecificEncoders,
+    "TaskPrompterSwin": TaskPrompterSwin,
 }

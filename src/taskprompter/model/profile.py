@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .build import build_variant, preset_kwargs
+from .build import build_variant, preset_class, preset_kwargs
 from .prompt_block import SpatialChannelPromptAttention
+from .swin.profile import profile_swin
+from .swin.taskprompter_swin import TaskPrompterSwin
 from .taskprompter import TaskPrompter
 
 
@@ -46,6 +48,8 @@ def profile_model(model_factory, batch: int = 1) -> dict[str, Any]:
     """Count parameters and MACs of ``model_factory()`` built on the meta device, for one forward of ``batch``."""
     with torch.device("meta"):
         model: TaskPrompter = model_factory()
+    if isinstance(model, TaskPrompterSwin):  # its own components and attention (swin/profile.py)
+        return profile_swin(model, batch)
     model.eval()
     model.low_res_head_conv = False  # count the heads' conv where the released structure runs it, at 1/4 resolution
     params: dict[str, int] = defaultdict(int)
@@ -93,7 +97,8 @@ def profile_preset(preset: str, *, tasks: Sequence[str] | None = None,
         if unknown:
             raise ConfigError(f"tasks {unknown} are not in preset {preset} (it has {list(kwargs['tasks'])})")
         kwargs["tasks"] = {t: kwargs["tasks"][t] for t in tasks}
-    return {**profile_model(lambda: TaskPrompter(**kwargs)), "preset": preset}
+    cls = preset_class(preset)
+    return {**profile_model(lambda: cls(**kwargs)), "preset": preset}
 
 
 def count_parameters(preset: str) -> int:

@@ -19,6 +19,8 @@ from .build import build_model
 from .fidelity import FIDELITY_OPTIONS
 from .io import load_state_exactly
 from .pretrained import read_state_dict
+from .swin import released as swin_released
+from .swin.taskprompter_swin import TaskPrompterSwin
 from .taskprompter import TaskPrompter
 
 # (our name, released name) for the parts named differently; {l} = level, {t} = task, {i} = block, {p} = the rest.
@@ -61,8 +63,10 @@ def from_released_key(key: str) -> str:
     return _rename(key, _RELEASED_TO_OURS)
 
 
-def to_released_state_dict(model: TaskPrompter) -> dict[str, Tensor]:
+def to_released_state_dict(model: TaskPrompter | TaskPrompterSwin) -> dict[str, Tensor]:
     """Our state dict under the released code's names (without the 'module.' prefix)."""
+    if isinstance(model, TaskPrompterSwin):
+        return swin_released.to_released_state_dict(model)
     return {to_released_key(k): v for k, v in model.state_dict().items()}
 
 
@@ -71,14 +75,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Tensor]:
     return read_state_dict(path, what="checkpoint")
 
 
-def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> None:
+def load_official_checkpoint(model: TaskPrompter | TaskPrompterSwin,
+                             checkpoint: str | os.PathLike | Mapping[str, Tensor]) -> list[str] | None:
     """Load a released TaskPrompter checkpoint (path or state dict) into an official-fidelity ``model``.
 
     Raises CheckpointError naming the missing, unexpected and mis-shaped keys (e.g. a ViT-B checkpoint into a ViT-L
     model, or a model built for other tasks or another input size). Settings without parameters -- the channel-head
     count K and which blocks are decoded -- cannot be read from the weights: build the model from the released
     preset (``build_model("taskprompter_vit_b_pascal")``, or ``taskprompter convert --preset``).
+
+    A TaskPrompterSwin takes a released Swin-B Cityscapes-3D checkpoint (``swin/released.py``); it returns the keys
+    left unused (the 3-D detection head's).
     """
+    if isinstance(model, TaskPrompterSwin):
+        return swin_released.load_official_checkpoint(model, checkpoint)
     wrong = {k: v for k, v in model.options.items() if v != FIDELITY_OPTIONS[k].official}
     if wrong:
         raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
@@ -95,7 +105,7 @@ def load_official_checkpoint(model: TaskPrompter, checkpoint: str | os.PathLike 
     load_state_exactly(model, state, source="released checkpoint")
 
 
-def from_released(checkpoint: str | os.PathLike | Mapping[str, Tensor], preset: str) -> TaskPrompter:
+def from_released(checkpoint: str | os.PathLike | Mapping[str, Tensor], preset: str) -> TaskPrompter | TaskPrompterSwin:
     """The official-fidelity ``preset`` with a released checkpoint's weights (what `taskprompter convert` saves)."""
     model = build_model(preset, fidelity="official")
     load_official_checkpoint(model, checkpoint)

@@ -1,0 +1,132 @@
+"""Released Swin-B TaskPrompter (Cityscapes-3D) checkpoints: the key map between their names and ours, and import.
+
+A released checkpoint is ``{'model': DDP state dict ('module.' prefix), ...}`` read with ``torch.load(weights_only=
+True)``. The backbone's names are ours (``backbone.task_prompts``, ``backbone.patch_embed.*``,
+``backbone.layers.{s}.blocks.{j}.*``, ``backbone.layers.{s}.downsample.*``, ``backbone.norm.*``); the decoder's and
+the heads' are translated by ``KEY_MAP``. The derived buffers ``relative_position_index`` and ``attn_mask`` that
+the released model saves are compared with the model's (a difference means another window size or grid) and
+dropped. The detection head's keys (``heads.3ddet.*``) are reported as unused until the 3-D detection head exists.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ...errors import CheckpointError
+from ..io import load_state_exactly
+from ..pretrained import read_state_dict
+from .fidelity import SWIN_FIDELITY_OPTIONS
+from .taskprompter_swin import TaskPrompterSwin
+
+# DEConvHead: our name -> the released name. UNVERIFIED: the released DEConvHead's parameter names are not in the
+# snapshot we read; ours mirror the released ConvHead's (mt_proj.{i}, linear_pred). This is the one table to change.
+DECONV_HEAD_KEYS: dict[str, str] = {
+    "mt_proj.0": "mt_proj.0",  # ConvTranspose2d(f -> f/2, 2x2, stride 2)
+    "mt_proj.1": "mt_proj.1",  # BatchNorm2d
+    "mt_proj.3": "mt_proj.3",  # Conv3x3
+    "mt_proj.4": "mt_proj.4",  # BatchNorm2d
+    "linear_pred": "linear_pred",  # Conv1x1 -> classes
+}
+
+# (our name, released name) for the parts named differently; {l} = level, {t} = task, {p} = the rest.
+KEY_MAP: list[tuple[str, str]] = [
+    ("decoder.levels.{l}.tasks.{t}.spatial_proj.{p}", "backbone.fea_decode_spa.{l}.{t}.0.{p}"),
+    ("decoder.levels.{l}.tasks.{t}.channel_proj.{p}", "backbone.fea_decode_chan.{l}.{t}.0.{p}"),
+    ("decoder.levels.{l}.tasks.{t}.fuse.{p}", "backbone.fea_fuse.{l}.{t}.{p}"),
+    ("decoder.multi_scale_fuse.{t}.{p}", "backbone.multi_scale_fuse.{t}.{p}"),
+    *((f"heads.{{t}}.{ours}.{{p}}", f"heads.{{t}}.{released}.{{p}}") for ours, released in DECONV_HEAD_KEYS.items()),
+]
+BUFFERS = ("relative_position_index", "attn_mask")  # derived buffers the released model saves
+DETECTION_HEAD = "heads.3ddet."  # loaded by the 3-D detection head (next issue); reported as unused until then
+
+
+def _compile(template: str) -> re.Pattern:
+    rx = re.escape(template)
+    for name, part in (("l", r"\d+"), ("t", r"\w+"), ("p", r".+")):
+        rx = rx.replace(re.escape("{" + name + "}"), f"(?P<{name}>{part})")
+    return re.compile(rx + "$")
+
+
+_OURS_TO_RELEASED = [(_compile(ours), released) for ours, released in KEY_MAP]
+_RELEASED_TO_OURS = [(_compile(released), ours) for ours, released in KEY_MAP]
+
+
+def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str:
+    for rx, template in table:
+        m = rx.match(key)
+        if m:
+            return template.format(**m.groupdict())
+    return key
+
+
+def to_released_key(key: str) -> str:
+    return _rename(key, _OURS_TO_RELEASED)
+
+
+def from_released_key(key: str) -> str:
+    return _rename(key, _RELEASED_TO_OURS)
+
+
+def released_buffers(model: TaskPrompterSwin) -> dict[str, Tensor]:
+    """The derived buffers under the names the released model saves them (``attn_mask`` of shifted blocks only)."""
+    return {k: v for k, v in model.named_buffers() if k.rpartition(".")[2] in BUFFERS}
+
+
+def to_released_state_dict(model: TaskPrompterSwin) -> dict[str, Tensor]:
+    """Our state dict under the released code's names, with its derived buffers (no 'module.' prefix)."""
+    state = {to_released_key(k): v for k, v in model.state_dict().items()}
+    return {**state, **released_buffers(model)}
+
+
+def _checked_buffers(model: TaskPrompterSwin, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` without its derived buffers, each compared with the model's; a difference raises."""
+    own = released_buffers(model)
+    problems = []
+    for key in [k for k in state if k.rpartition(".")[2] in BUFFERS]:
+        value = state.pop(key)
+        ours = own.get(key)
+        if ours is None:
+            problems.append(f"{key} (this model has no such buffer)")
+        elif ours.shape != value.shape or not torch.equal(ours.to(value.dtype), value):
+            problems.append(f"{key} {tuple(value.shape)} in file vs {tuple(ours.shape)} in model")
+    if problems:
+        more = f" (+{len(problems) - 8} more)" if len(problems) > 8 else ""
+        raise CheckpointError("released checkpoint was built for another window size or input size: its buffers "
+                              f"differ from the model's: {'; '.join(problems[:8])}{more}")
+    return state
+
+
+def load_official_checkpoint(model: TaskPrompterSwin, checkpoint: str | os.PathLike | Mapping[str, Tensor]
+                             ) -> list[str]:
+    """Load a released Swin TaskPrompter checkpoint (path or state dict) into an official-fidelity ``model``; return
+    the checkpoint keys left unused (the detection head's, with a warning).
+
+    Raises CheckpointError naming the missing, unexpected and mis-shaped keys, and derived buffers that differ.
+    """
+    wrong = {k: v for k, v in model.options.items() if v != SWIN_FIDELITY_OPTIONS[k].official}
+    if wrong:
+        raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
+    if isinstance(checkpoint, Mapping):
+        state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    else:
+        state = read_state_dict(checkpoint, what="checkpoint")
+    unused = sorted(k for k in state if k.startswith(DETECTION_HEAD) and k not in model.state_dict())
+    if unused:
+        warnings.warn(f"{len(unused)} keys of the 3-D detection head ({DETECTION_HEAD}*) are not loaded: this "
+                      "model has no detection head yet (it returns the detection task's decoded feature maps, the "
+                      "head's input); every other key was loaded and checked", stacklevel=2)
+    state = _checked_buffers(model, {k: v for k, v in state.items() if k not in unused})
+    state = {from_released_key(k): v for k, v in state.items()}
+    own = model.state_dict()
+    prompts = state.get("backbone.task_prompts")
+    if prompts is not None and prompts.numel() == own["backbone.task_prompts"].numel():
+        state["backbone.task_prompts"] = prompts.reshape(own["backbone.task_prompts"].shape)  # (1, T, C) or (T, C)
+    load_state_exactly(model, state, source="released checkpoint")
+    return unused
