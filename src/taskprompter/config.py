@@ -73,7 +73,8 @@ class TrainConfig:
     eval_every: int = 5000  # iterations between evaluations (0 = only at the end)
     checkpoint_every: int = 1000  # iterations between `last` checkpoints (always at the end too)
     log_every: int = 20
-    amp: str = "none"  # none | bf16 | fp16 -- CUDA only; CPU always runs fp32
+    amp: str = "auto"  # auto: bf16 autocast where the device multiplies bf16 natively (CUDA GPUs with bf16, CPUs with
+    #                    AMX or AVX512-BF16), else fp32 | bf16 (CPU and CUDA) | fp16 (CUDA) | off (fp32; "none" = off)
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"
@@ -141,8 +142,14 @@ def _unknown(key: str, where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' in {where}{hint}")
 
 
+# YAML 1.1 reads an unquoted off / no / false as the boolean false: for these keys it is the word "off"
+BOOLEAN_OFF = {"train.amp"}
+
+
 def _coerce(value: Any, annotation: Any, key: str, where: str) -> Any:
     """Check ``value`` against a field's annotation and convert lists to tuples and ints to floats."""
+    if value is False and key in BOOLEAN_OFF:
+        value = "off"
     tp = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if tp in (typing.Union, types.UnionType):
@@ -242,7 +249,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.eval_every": _count(0),
     "train.checkpoint_every": _count(1),
     "train.log_every": _count(1),
-    "train.amp": _one_of("none", "bf16", "fp16"),
+    "train.amp": ((lambda v: v in ("auto", "bf16", "fp16", "off", "none")), "one of auto, bf16, fp16, off"),
     "train.device": ((lambda v: v in DEVICES or (v.startswith("cuda:") and v[5:].isdigit())),
                      "auto, cpu, cuda or cuda:N"),
     "train.cpu_threads": _count(0),

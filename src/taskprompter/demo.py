@@ -74,7 +74,7 @@ def run_demo(out: str | os.PathLike, *, config: str = "synthetic_demo", override
     result = train(cfg, overwrite=True)  # a rerun of the demo replaces its own earlier run
     t_train = time.time()
 
-    predictor = Predictor.from_pretrained(out / "train" / "last", device="cpu")
+    predictor = Predictor.from_pretrained(out / "train" / "last", device="cpu", amp=cfg.train.amp)  # as trained
     val = build_dataset("pascal_context", root, cfg.data.val_split, list(cfg.data.tasks))
     (out / "panels").mkdir(parents=True, exist_ok=True)
     (out / "affinity").mkdir(parents=True, exist_ok=True)

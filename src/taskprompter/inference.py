@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .engine.precision import choose_precision
 from .errors import DataError
 from .model.build import load_model
 
@@ -120,10 +121,15 @@ class Prediction:
 
 
 class Predictor:
-    """Runs a TaskPrompter on arbitrary images; keeps pre/post-processing apart from the nn.Module."""
+    """Runs a TaskPrompter on arbitrary images; keeps pre/post-processing apart from the nn.Module.
 
-    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu") -> None:
+    ``amp``: auto | bf16 | fp16 | off, as ``train.amp`` (`engine/precision.py`): auto = bf16 autocast where the device
+    multiplies bf16 natively, else fp32. Only the model's forward runs under autocast; maps, logits and affinities
+    are fp32."""
+
+    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", amp: str = "auto") -> None:
         self.device = torch.device(device)
+        self.precision = choose_precision(amp, self.device, option="amp")
         self.model = model.to(self.device).eval()
         self.img_size: tuple[int, int] = tuple(model.img_size)
         self.tasks: list[str] = list(model.task_names)
@@ -133,11 +139,12 @@ class Predictor:
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto") -> Predictor:
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto", amp: str = "auto") -> Predictor:
         """A Predictor for the model saved at ``path``: a model directory (``save_pretrained``, `convert`), a training
         checkpoint, or a run directory (its ``last``)."""
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        return cls(load_model(path, device=dev), device=dev)
+        choose_precision(amp, dev, option="amp")  # a precision the device lacks fails before the model loads
+        return cls(load_model(path, device=dev), device=dev, amp=amp)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def fit(self, size: tuple[int, int]) -> Fit:
@@ -180,17 +187,22 @@ class Predictor:
         if sliding_window:
             logits = self._sliding(image)
         else:
-            out = self.model(x.to(self.device), return_affinities=affinity)
+            out = self._forward(x, return_affinities=affinity)
             out, aff_levels = out if affinity else (out, None)
-            logits = {t: self._restore(v.cpu(), fit)[0] for t, v in out.items()
-                      if torch.is_tensor(v)}  # (C, H0, W0); detection features are not maps
+            logits = {t: self._restore(v.float().cpu(), fit)[0] for t, v in out.items()
+                      if torch.is_tensor(v)}  # (C, H0, W0) fp32; detection features are not maps
         if affinity and aff_levels is None:
-            _, aff_levels = self.model(x.to(self.device), return_affinities=True)
+            _, aff_levels = self._forward(x, return_affinities=True)
         pred = Prediction(maps={t: logits_to_map(t, v) for t, v in logits.items()},
                           logits=logits if return_logits else None)
         if aff_levels is not None:
             pred.spatial_affinity, pred.channel_affinity = self._affinities(aff_levels, fit)
         return pred
+
+    def _forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        """The model on ``x`` (moved to the device), under this Predictor's autocast."""
+        with self.precision.autocast():
+            return self.model(x.to(self.device), **kwargs)
 
     def _sliding(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """Windows of the model's size at the image's own resolution, overlapping by >= 1/3, logits averaged."""
@@ -204,7 +216,7 @@ class Predictor:
         count = torch.zeros(1, 1, Hs, Ws)
         for top in _starts(Hs, H):
             for left in _starts(Ws, W):
-                out = self.model(x[..., top:top + H, left:left + W].to(self.device))
+                out = self._forward(x[..., top:top + H, left:left + W])
                 for t, v in out.items():
                     if not torch.is_tensor(v):  # detection features
                         continue
@@ -230,7 +242,7 @@ class Predictor:
                 channel.append(None)
                 continue
             a = aff.spatial_over_tokens()[0].mean(0)  # (T, N): prompt rows, heads averaged
-            a = a.reshape(len(self.tasks), 1, h, w).cpu()  # (T, 1, h, w)
+            a = a.reshape(len(self.tasks), 1, *getattr(aff, "grid", (h, w))).cpu()  # (T, 1, h, w); Swin: per level
             a = F.interpolate(a, size=self.img_size, mode="bilinear", align_corners=False)  # (T, 1, H, W)
             a = self._restore(a, fit)[:, 0]  # (T, H0, W0)
             for i, t in enumerate(self.tasks):

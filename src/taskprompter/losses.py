@@ -33,6 +33,7 @@ EDGE_POS_WEIGHT = 0.95  # the negative terms get 1 - 0.95
 
 
 def _at_label_size(logits: Tensor, size: torch.Size) -> Tensor:
+    logits = logits.float()  # every loss in fp32, the resizing included, also under autocast (bf16 logits)
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
     return logits

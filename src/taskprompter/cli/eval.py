@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where metrics.json goes (default: <run>/eval-<checkpoint>-<split>)")
     parser.add_argument("--batch-size", type=int, default=None, help="per-process batch (default: config)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: config)")
+    parser.add_argument("--amp", default=None, choices=["auto", "bf16", "fp16", "off"],
+                        help="precision (default: the config's train.amp): auto = bf16 autocast where the device "
+                             "multiplies bf16 natively, else fp32; off = fp32; fp16 on CUDA only")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,10 +40,10 @@ def run(args: argparse.Namespace) -> int:
     record = evaluate_checkpoint(args.checkpoint, config=args.config,
                                  overrides=[item for group in args.overrides for item in group], split=args.split,
                                  save_predictions=args.save_predictions, out=args.out, batch_size=args.batch_size,
-                                 device=args.device)
+                                 device=args.device, amp=args.amp)
     if record["path"] is not None:  # the first process
         print(f"{record['checkpoint']} (step {record['step']}) on {record['dataset']}:{record['split']}, "
-              f"{record['num_samples']} images")
+              f"{record['num_samples']} images, {record['precision']}")
         print(format_table(record["metrics"]))
         print(f"wrote {record['path']}")
     return 0

@@ -33,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sliding-window", action="store_true",
                         help="run model-sized windows over the image at its own resolution (large images)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
+                        help="precision: auto (default) = bf16 autocast where the device multiplies bf16 natively "
+                             "(CPUs with AMX or AVX512-BF16, CUDA GPUs with bf16), else fp32; off = fp32; fp16 on "
+                             "CUDA only. Maps and logits are returned in fp32 either way")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     names = output_names(images)
     device = default_device(args.device, option="--device ")  # a CUDA device this machine lacks: one line
     check_writable(Path(args.out))  # an output folder that cannot be written fails before the model loads
-    predictor = Predictor.from_pretrained(args.checkpoint, device=str(device))
+    predictor = Predictor.from_pretrained(args.checkpoint, device=str(device), amp=args.amp)
     out = Path(args.out)
     failed: list[str] = []
     bar = tqdm(images, desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True)

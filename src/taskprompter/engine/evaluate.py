@@ -32,6 +32,7 @@ from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
 from .distributed import Dist, cleanup_distributed, init_distributed, summed_over_processes
+from .precision import choose_precision
 
 
 class NonFiniteOutputError(TaskPrompterError):
@@ -212,12 +213,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config: str | None = None,
                         overrides: list[str] | tuple[str, ...] = (), split: str | None = None,
                         save_predictions: str | Path | None = None,
                         out: str | Path | None = None, batch_size: int | None = None, device: str | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        amp: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Evaluate a checkpoint with every metric (under torchrun: sharded, meters all-reduced) and write
     ``metrics.json`` into ``out`` (default ``<run>/eval-<checkpoint>-<split>``). The config is the one stored in the
-    checkpoint unless ``config`` is given; ``overrides`` are ``key=value`` strings on top. Returns the record
-    written, with ``"path"`` (None on processes other than the first)."""
-    overrides = list(overrides) + ([f"train.device={device}"] if device else [])
+    checkpoint unless ``config`` is given; ``overrides`` are ``key=value`` strings on top. ``amp``: auto | bf16 |
+    fp16 | off (default: the config's ``train.amp``, chosen as in training: `precision.py`). Returns the record
+    written, with ``"path"`` (None on processes other than the first) and ``"precision"`` (fp32 | bf16 | fp16)."""
+    overrides = list(overrides) + ([f"train.device={device}"] if device else []) + ([f"train.amp={amp}"] if amp else [])
     d = init_distributed("auto" if device is None else device)
     try:
         model, ckpt = load_model(checkpoint, device=d.device)
@@ -231,12 +233,13 @@ def evaluate_checkpoint(checkpoint: str | Path, *, config: str | None = None,
         if tuple(cfg.data.size) != tuple(model.img_size):  # evaluation pads to the model's input size
             cfg = replace(cfg, data=replace(cfg.data, size=tuple(model.img_size)))
         split = split or cfg.data.val_split
+        precision = choose_precision(cfg.train.amp, d.device, option="--amp" if amp else "train.amp")
         ds = build_eval_dataset(cfg, split, list(tasks))
         results = evaluate(model, ds, tasks=tasks, dataset_format=cfg.data.format, dist=d,
                            batch_size=batch_size or cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                           save_dir=save_predictions, progress=progress)
+                           amp_dtype=precision.dtype, save_dir=save_predictions, progress=progress)
         record = {"checkpoint": str(ckpt.path), "step": ckpt.step, "dataset": cfg.data.format, "split": split,
-                  "num_samples": len(ds), "metrics": results, "path": None}
+                  "num_samples": len(ds), "precision": precision.name, "metrics": results, "path": None}
         if d.is_main:
             target = Path(out) if out else ckpt.path.parent / f"eval-{ckpt.path.name}-{split}"
             target.mkdir(parents=True, exist_ok=True)

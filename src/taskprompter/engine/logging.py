@@ -155,14 +155,14 @@ class RunLog:
                 if math.isfinite(v):
                     self.tb.add_scalar(f"{split}/{k}", v, step)
 
-    def log_panels(self, step: int, model: Any, dataset: Any, *, count: int = PANEL_IMAGES) -> None:
+    def log_panels(self, step: int, model: Any, dataset: Any, *, count: int = PANEL_IMAGES, amp: str = "auto") -> None:
         """TensorBoard images ``val/panel/<id>``: the prediction panel (prediction above ground truth) of the first
         ``count`` samples of ``dataset`` (a reader or a Subset of one), by the model as it is at ``step``. Leaves the
         model in eval mode."""
         if self.tb is None:
             return
         reader, indices = getattr(dataset, "dataset", dataset), list(getattr(dataset, "indices", range(len(dataset))))
-        predictor = Predictor(model, device=next(model.parameters()).device)
+        predictor = Predictor(model, device=next(model.parameters()).device, amp=amp)  # the run's precision
         for index in indices[:count]:
             raw = reader.load_raw(index)
             image = raw["image"] / 255.0  # (H, W, 3) in [0, 1]

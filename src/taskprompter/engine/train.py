@@ -34,9 +34,11 @@ from ..data.check import header_problems
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
 from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
-from ..model.build import VARIANTS, build_variant, preset_kwargs
+from ..model.build import PRESETS, VARIANTS, build_variant, preset_class, preset_kwargs
 from ..model.io import load_state_exactly
 from ..model.pretrained import load_vit_weights
+from ..model.swin.taskprompter_swin import TaskPrompterSwin
+from ..model.swin.weights import load_swin_weights
 from ..tasks import DATASET_SPECS
 from . import checkpoint as ck
 from . import distributed as dist_utils
@@ -53,6 +55,7 @@ from .evaluate import (
 )
 from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from .precision import choose_precision
 from .stop import StopRequest, ignore_sigint
 
 # what to change before resuming after a non-finite loss or weight
@@ -71,10 +74,11 @@ class NonFiniteWeightsError(NonFiniteError):
     """An optimiser step left a weight or buffer NaN or infinite (checked before every checkpoint)."""
 
 
-def constructor_arguments(variant: str) -> dict[str, inspect.Parameter]:
-    """The keyword arguments ``model.overrides`` may set for a ``model.variant`` (a variant that forwards ``**kwargs``
-    takes the TaskPrompter's)."""
-    params = dict(inspect.signature(VARIANTS[variant]).parameters)
+def constructor_arguments(variant: str, preset: str | None = None) -> dict[str, inspect.Parameter]:
+    """The keyword arguments ``model.overrides`` may set for a ``model.variant`` of ``preset`` (a variant that forwards
+    ``**kwargs`` takes the TaskPrompter's; "taskprompter" of a Swin preset is the TaskPrompterSwin)."""
+    cls = preset_class(preset) if variant == "taskprompter" and preset in PRESETS else VARIANTS[variant]
+    params = dict(inspect.signature(cls).parameters)
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         params |= inspect.signature(VARIANTS["taskprompter"]).parameters
     return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
@@ -85,7 +89,7 @@ def check_model_config(cfg: Config) -> None:
     the key and the closest valid one, before anything is built."""
     if cfg.model.variant not in VARIANTS:
         raise ConfigError(f"model.variant '{cfg.model.variant}' is not one of {sorted(VARIANTS)}")
-    allowed = constructor_arguments(cfg.model.variant)
+    allowed = constructor_arguments(cfg.model.variant, cfg.model.name)
     run_keys = {"tasks": "data.tasks", "img_size": "data.size"}
     for name in cfg.model.overrides:
         if name in run_keys:
@@ -115,26 +119,24 @@ def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
 
 
 def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
+    kind = "Swin" if isinstance(model, TaskPrompterSwin) else "ViT"
     if not Path(path).is_file():
-        raise ConfigError(f"model.pretrained: ViT weights not found: {path} (download them once, or train from "
+        raise ConfigError(f"model.pretrained: {kind} weights not found: {path} (download them once, or train from "
                           "scratch with --set model.pretrained=null)")
     encoders = list(model.encoders.values()) if hasattr(model, "encoders") else [model]
     for m in encoders:
-        missing = load_vit_weights(m.backbone, path)
-    log.info(f"loaded ViT weights from {path} into {len(encoders)} encoder(s); {len(missing)} prompt tensors per "
-             "encoder keep their initialisation")
+        load = load_swin_weights if isinstance(m, TaskPrompterSwin) else load_vit_weights  # Swin: MS or timm layout
+        missing = load(m.backbone, path)
+    log.info(f"loaded {kind} weights from {path} into {len(encoders)} encoder(s); {len(missing)} prompt and "
+             "channel-prompt tensors per encoder keep their initialisation")
 
 
 def amp_settings(cfg: Config, device: torch.device, log) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use a GradScaler): bf16/fp16 on CUDA only; the CPU always runs fp32."""
-    if cfg.train.amp not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"train.amp '{cfg.train.amp}' is not one of: none, bf16, fp16")
-    if cfg.train.amp == "none":
-        return None, False
-    if device.type != "cuda":
-        log.warning(f"train.amp={cfg.train.amp} ignored on {device.type}: running fp32")
-        return None, False
-    return (torch.bfloat16, False) if cfg.train.amp == "bf16" else (torch.float16, True)
+    """(autocast dtype or None for fp32, use a GradScaler) of ``train.amp`` on ``device`` (`precision.py`: auto = bf16
+    where the device multiplies it natively); logs the choice and its reason in one line."""
+    precision = choose_precision(cfg.train.amp, device)
+    log.info(precision.describe())
+    return precision.dtype, precision.scaler
 
 
 def loss_weights(cfg: Config) -> dict[str, float]:
@@ -167,6 +169,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         rundir.check_reuse(out_dir, resume=resume, overwrite=overwrite)
         _on_main(d, partial(rundir.probe, out_dir, lock))
         check_model_config(cfg)
+        amp_dtype, use_scaler = amp_settings(cfg, d.device, log)  # e.g. fp16 on the CPU: refused before the data
         tasks = task_channels(cfg.data.format, cfg.data.tasks, cfg.data.root, cfg.data.train_split)
         try:
             criterion = MultiTaskLoss(tasks=list(tasks), weights=loss_weights(cfg),
@@ -184,7 +187,6 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
-        amp_dtype, use_scaler = amp_settings(cfg, d.device, log)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         start_step, best, metrics, evaluated, saved = 0, None, {}, None, None
         if point is not None:
@@ -399,7 +401,7 @@ def _evaluate_step(done: int, model, val_ds, tasks: dict[str, int], cfg: Config,
     if saved == done:
         _on_main(d, partial(ck.update_meta, out_dir / "last", metrics=_plain(metrics), metrics_step=done, best=best))
     run.log(done, "val", metrics)
-    run.log_panels(done, model, val_ds)  # TensorBoard: prediction panels of fixed images
+    run.log_panels(done, model, val_ds, amp=cfg.train.amp)  # TensorBoard: prediction panels of fixed images
     log.info(f"step {done} evaluation\n" + format_table(metrics))
     return metrics, best
 

@@ -132,7 +132,7 @@ class SpatialChannelPromptAttention(nn.Module):
             spatial, cross = prompt_rows[..., T:], prompt_rows[..., :T]  # (B, nH, T, N), (B, nH, T, T)
         if channel is not None:
             if self.decode_affinity == "probs":
-                channel = (channel * self.channel_scale).softmax(dim=-1)
+                channel = (channel.float() * self.channel_scale).softmax(dim=-1)  # fp32, also under autocast
             nh, nw = self.windows
             channel = rearrange(channel, "b (nh nw) t c -> b t c nh nw", nh=nh, nw=nw)  # (B, T, C, nh, nw)
         return out, Affinity(spatial, cross, channel, probs=self.decode_affinity == "probs", spatial_scale=self.scale,
@@ -140,7 +140,7 @@ class SpatialChannelPromptAttention(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ spatial
     def _prompt_row_affinity(self, logits: Tensor) -> Tensor:
-        return logits if self.decode_affinity == "logits" else (logits * self.scale).softmax(dim=-1)
+        return logits if self.decode_affinity == "logits" else (logits.float() * self.scale).softmax(dim=-1)
 
     def _spatial_efficient(self, q: Tensor, k: Tensor, v: Tensor, *, need_rows: bool = True
                            ) -> tuple[Tensor, Tensor | None]:
@@ -156,7 +156,7 @@ class SpatialChannelPromptAttention(nn.Module):
     def _spatial_naive(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor | None]:
         T = self.num_tasks if self.spatial_prompts else 0
         logits = q @ k.transpose(-2, -1)  # (B, nH, T+N, T+N) materialised, as the released code does
-        probs = (logits * self.scale).softmax(dim=-1)
+        probs = (logits.float() * self.scale).softmax(dim=-1)  # fp32, also under autocast (the product: low)
         return probs @ v, (self._prompt_row_affinity(logits[:, :, :T]) if T else None)
 
     # ------------------------------------------------------------------------------------------------ channel
@@ -186,7 +186,7 @@ class SpatialChannelPromptAttention(nn.Module):
         if self.prompt_update == "pre_attention":  # released: the attended P^c' is never used, so not computed
             return self.channel_out(p_c), logits
         v_win = rearrange(v_c.transpose(1, 2), windows, nh=nh, nw=nw, wh=h // nh)  # (B, K, C, N/K)
-        attended = (logits * self.channel_scale).softmax(dim=-1) @ v_win  # (B, K, T, N/K)
+        attended = (logits.float() * self.channel_scale).softmax(dim=-1) @ v_win  # (B, K, T, N/K)
         p_c_new = rearrange(attended, "b (nh nw) t (wh ww) -> b t (nh wh nw ww)", nh=nh, nw=nw, wh=h // nh, ww=w // nw)
         if self.channel_qkv:
             p_c_new = self.channel_proj(p_c_new)  # P^c' (B, T, N)
@@ -209,7 +209,7 @@ class SpatialChannelPromptAttention(nn.Module):
                 vw = v_map[:, :, rows, cols].flatten(2)
                 a = qw @ kw.transpose(1, 2)  # (B, T, C)
                 logits.append(a)
-                out = (a * self.channel_scale).softmax(dim=-1) @ vw  # (B, T, N/K), discarded by the released code
+                out = (a.float() * self.channel_scale).softmax(dim=-1) @ vw  # (B, T, N/K), discarded (released)
                 attended[:, :, rows, cols] = out.reshape(out.shape[0], out.shape[1], wh, ww)
         logits = torch.stack(logits, dim=1)  # (B, K, T, C)
         if self.prompt_update == "pre_attention":

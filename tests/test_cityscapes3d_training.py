@@ -1,0 +1,75 @@
+"""The Swin TaskPrompter on synthetic Cityscapes-3D scenes through the same train / eval / predict paths as the ViT:
+the released pipeline (labels at half the input size, disparity with -1 invalid, semseg weight 100), both losses
+fall, and the metrics and predictions come out at the right sizes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from taskprompter.config import load_config
+from taskprompter.data import build_dataset
+from taskprompter.data.sampling import StepBatches
+from taskprompter.data.synthetic import generate
+from taskprompter.engine.evaluate import dataset_transform, evaluate_checkpoint, label_size
+from taskprompter.engine.train import loss_weights, train
+from taskprompter.errors import ConfigError
+from taskprompter.inference import Predictor
+
+SIZE = (128, 256)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("cs3d") / "Cityscapes", format="cityscapes3d", num=8, size=SIZE, seed=3)
+
+
+def _cfg(root, out, *extra):
+    return load_config("synthetic_cityscapes3d", [
+        f"data.root={root}", f"train.out_dir={out}", "train.progress=false", "model.name=taskprompter_swin_tiny",
+        f"data.size={list(SIZE)}", "data.max_val_samples=2", "train.eval_batch_size=2", *extra])
+
+
+def test_the_released_pipeline_and_loss_weights(root, tmp_path):
+    cfg = _cfg(root, tmp_path / "run")
+    assert label_size(cfg) == (64, 128)  # labels at half the input, as the released model predicts them
+    assert loss_weights(cfg) == {"semseg": 100.0, "depth": 1.0, "3ddet": 1.0}  # 100 x CE + L1 (+ det)
+    ds = build_dataset("cityscapes3d", root, "train", ["semseg", "depth"], dataset_transform(cfg, ["semseg", "depth"],
+                                                                                             train=True))
+    sample = ds[0]
+    assert tuple(sample["image"].shape) == (3, *SIZE)
+    assert tuple(sample["semseg"].shape) == (64, 128) and tuple(sample["depth"].shape) == (1, 64, 128)
+    depth = sample["depth"].numpy()
+    assert ((depth == -1) | (depth >= 0)).all() and (depth > 0).any()  # disparity pixels, -1 = invalid
+    flipped = load_config("synthetic_cityscapes3d", ["data.flip=true"])
+    with pytest.raises(ConfigError, match="data.flip=false"):
+        dataset_transform(flipped, ["semseg"], train=True)
+    with pytest.raises(ConfigError, match="3ddet"):
+        train(_cfg(root, tmp_path / "det", "data.tasks=[semseg, 3ddet]"))
+
+
+def test_training_lowers_both_losses_and_eval_and_predict_work(root, tmp_path, monkeypatch):
+    cfg = _cfg(root, tmp_path / "run", "optim.max_iters=40", "train.log_every=1", "train.checkpoint_every=100",
+               "optim.schedule=constant", "optim.warmup_iters=0", "train.batch_size=2", "optim.lr=2e-3")
+    monkeypatch.setattr(StepBatches, "_index", lambda self, position: position % 2)  # samples 0-1 every step
+    result = train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in records if r["split"] == "train"]
+    # disparity L1 falls slowly at first: the head's output starts near 0 and Adam moves its bias by ~lr per step
+    for task, fraction in (("semseg", 0.75), ("depth", 0.95)):
+        losses = [r[f"loss/{task}"] for r in train_recs]
+        assert np.mean(losses[-3:]) < fraction * np.mean(losses[:3]), (task, losses)
+    assert set(result["metrics"]) == {"semseg", "depth"}
+    assert {"mIoU", "pixel_acc"} <= set(result["metrics"]["semseg"])
+    assert {"rmse", "log_rmse", "abs_rel", "sq_rel"} <= set(result["metrics"]["depth"])
+
+    record = evaluate_checkpoint(tmp_path / "run" / "last", out=tmp_path / "eval", progress=False)
+    assert record["metrics"] == result["metrics"]  # the same checkpoint, the same split and protocol
+
+    predictor = Predictor.from_pretrained(tmp_path / "run" / "last", device="cpu")
+    raw = build_dataset("cityscapes3d", root, "val", ["semseg"]).load_raw(0)
+    pred = predictor.predict(raw["image"][:100, :180] / 255.0)  # any size: resized, padded, restored
+    assert pred.maps["semseg"].shape == (100, 180) and pred.maps["depth"].shape == (100, 180)
+    assert pred.maps["semseg"].max() < 19
