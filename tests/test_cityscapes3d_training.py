@@ -73,3 +73,42 @@ def test_training_lowers_both_losses_and_eval_and_predict_work(root, tmp_path, m
     pred = predictor.predict(raw["image"][:100, :180] / 255.0)  # any size: resized, padded, restored
     assert pred.maps["semseg"].shape == (100, 180) and pred.maps["depth"].shape == (100, 180)
     assert pred.maps["semseg"].max() < 19
+
+
+def test_disparity_is_drawn_near_bright_with_its_own_colour_bar():
+    from taskprompter.tasks import DATASET_SPECS, dataset_of
+    from taskprompter.visualize import colors
+
+    assert dataset_of({"semseg": 19, "depth": 1}) is DATASET_SPECS["cityscapes3d"]
+    assert dataset_of({"semseg": 40, "depth": 1}) is DATASET_SPECS["nyud"]
+    assert colors.depth_name({"semseg": 19, "depth": 1}) == "disparity"
+    assert colors.depth_name({"depth": 1}) == "depth"  # no class task: nothing says it is disparity
+    ramp = np.linspace(1.0, 50.0, 64)[None].repeat(4, 0)  # left far, right near for disparity
+    metres = colors.colorize("depth", ramp)
+    disparity = colors.colorize("depth", ramp, depth_name="disparity")
+    brightness = lambda rgb: rgb.astype(float).sum(-1).mean(0)  # noqa: E731
+    assert brightness(metres)[0] > brightness(metres)[-1]  # small depth = near = bright
+    assert brightness(disparity)[-1] > brightness(disparity)[0]  # large disparity = near = bright
+
+
+def test_the_demo_runs_the_swin_model_on_street_scenes(tmp_path):
+    from taskprompter.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", config="synthetic_cityscapes3d", num_scenes=10, steps=3,
+                      overrides=["model.name=taskprompter_swin_tiny", "train.progress=false", "train.batch_size=2"])
+    text = report.read_text()
+    assert "synthetic cityscapes3d scenes" in text and "prompted Swin" in text
+    assert "disparity errors in pixels" in text and "--config synthetic_cityscapes3d --num-scenes 10" in text
+    panels = sorted((tmp_path / "demo" / "panels").glob("*.png"))
+    assert len(panels) >= 1 and all(f"panels/{p.name}" in text for p in panels)
+
+
+def test_reader_options_reach_the_reader_and_unknown_ones_are_named(root):
+    from taskprompter.data.cityscapes3d import Cityscapes3D
+
+    ds = build_dataset("cityscapes3d", root, "train", ["semseg"], options={"drop_empty": False, "euler": "faithful"})
+    assert isinstance(ds, Cityscapes3D) and len(ds) > len(build_dataset("cityscapes3d", root, "train", ["semseg"]))
+    with pytest.raises(ConfigError, match=r"\['eulr'\] are not options of the cityscapes3d reader.*euler"):
+        build_dataset("cityscapes3d", root, "train", ["semseg"], options={"eulr": "fixed"})
+    cfg = load_config("synthetic_cityscapes3d", ["data.reader_options.rail_track_sky=false"])
+    assert cfg.data.reader_options == {"rail_track_sky": False}

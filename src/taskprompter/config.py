@@ -46,6 +46,8 @@ class DataConfig:
     photometric: bool = True
     max_val_samples: int = 0  # evaluate on the first N validation samples only (0 = all)
     check_files: bool = True  # train: read every training and validation sample's file headers before step 1
+    reader_options: dict[str, Any] = field(default_factory=dict)  # the reader's own options, e.g. cityscapes3d
+    #                                  {euler: faithful, rail_track_sky: false, drop_empty: false} (docs/data.md)
 
 
 @dataclass(frozen=True)

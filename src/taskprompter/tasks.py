@@ -129,6 +129,17 @@ def dataset_with_classes(task: str, num_classes: int) -> DatasetSpec | None:
     return next((spec for spec in DATASET_SPECS.values() if len(spec.class_names.get(task, ())) == num_classes), None)
 
 
+def dataset_of(task_channels: Mapping[str, int]) -> DatasetSpec | None:
+    """The dataset whose label sets a model with these outputs was made for: the first entry that has every task
+    with the same channels and shares a class task with it (e.g. semseg 19 + depth: Cityscapes-3D, so depth is
+    disparity), or None (the figures then use the generic conventions)."""
+    for spec in DATASET_SPECS.values():
+        same = all(spec.tasks.get(t) == c for t, c in task_channels.items())
+        if same and any(spec.class_names.get(t) for t in task_channels):
+            return spec
+    return None
+
+
 # Released protocol (released-code.md sections 1 and 7): output channels per task and boundary tolerance.
 DATASET_SPECS: dict[str, DatasetSpec] = {
     "pascal_context": DatasetSpec(

@@ -13,8 +13,10 @@ Readers never write into the dataset folder and raise `DataError` naming the fil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from ..tasks import DATASET_SPECS
@@ -32,15 +34,25 @@ DATASET_TASKS: dict[str, dict[str, int]] = {name: dict(spec.tasks) for name, spe
 
 
 def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str] | None,
-                  transform: Transform | None = None, *, edge_protocol: str = "train") -> TaskDataset:
+                  transform: Transform | None = None, *, edge_protocol: str = "train",
+                  options: Mapping[str, Any] | None = None) -> TaskDataset:
     """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format).
     ``edge_protocol="seism"`` gives the boundary ground truth of the published evaluation as the edge target
-    instead of the training labels (``boundaries.py``)."""
+    instead of the training labels (``boundaries.py``). ``options``: the reader's own keyword options (config
+    ``data.reader_options``, e.g. Cityscapes-3D's ``euler``); one it does not take is a ConfigError naming it."""
     if format not in DATASETS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of {list(DATASETS)}")
     if tasks is None and format in DATASET_SPECS:
         tasks = list(DATASET_SPECS[format].tasks)
-    return DATASETS[format](root, split, tasks, transform=transform, edge_protocol=edge_protocol)
+    reader = DATASETS[format]
+    options = dict(options or {})
+    if options:
+        known = [n for n, p in inspect.signature(reader).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"data.reader_options {unknown} are not options of the {format} reader; it takes "
+                              f"{known or 'none'}")
+    return reader(root, split, tasks, transform=transform, edge_protocol=edge_protocol, **options)
 
 
 DATASETS: dict[str, Callable[..., TaskDataset]] = {

@@ -84,7 +84,8 @@ def dataset_transform(cfg: Config, tasks: list[str], *, train: bool):
 
 def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
     ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, dataset_transform(cfg, tasks, train=False),
-                       edge_protocol="seism")  # boundaries are scored against SEISM's ground truth
+                       edge_protocol="seism",  # boundaries are scored against SEISM's ground truth
+                       options=cfg.data.reader_options)
     if cfg.data.max_val_samples and len(ds) > cfg.data.max_val_samples:
         ds = Subset(ds, list(range(cfg.data.max_val_samples)))
     return ds

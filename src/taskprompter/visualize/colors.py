@@ -16,12 +16,25 @@ import matplotlib
 import numpy as np
 
 from ..label_sets import label_colormap
-from ..tasks import IGNORE_INDEX, TASKS, dataset_with_classes
+from ..tasks import IGNORE_INDEX, TASKS, dataset_of, dataset_with_classes
 
 CLASS_MAP_TASKS = ("semseg", "human_parts")
 UNKNOWN_COLOR = np.array([255, 255, 255], dtype=np.uint8)  # ids outside the palette
 IGNORE_STRIPES = np.array([[110, 110, 110], [215, 215, 215]], dtype=np.uint8)  # dark / light diagonal stripes
 DEPTH_CMAP, AFFINITY_CMAP, CHANNEL_CMAP = "magma_r", "magma", "viridis"  # perceptual, readable in grey
+DISPARITY_CMAP = "magma"  # disparity grows as depth shrinks: near is bright in both pictures
+DEPTH_UNITS = {"depth": "depth (m)", "disparity": "disparity (px)"}
+
+
+def depth_name(num_classes: Mapping[str, int] | None) -> str:
+    """"disparity" when the outputs are those of a dataset whose depth task holds disparity (Cityscapes-3D), else
+    "depth" (`tasks.dataset_of`)."""
+    spec = dataset_of(num_classes) if num_classes else None
+    return spec.depth_name if spec is not None else "depth"
+
+
+def depth_cmap(name: str) -> str:
+    return DISPARITY_CMAP if name == "disparity" else DEPTH_CMAP
 LEGEND_ENTRIES = 16  # class legends list at most this many classes (the largest areas first)
 DPI = 110
 
@@ -163,7 +176,8 @@ def heatmap_overlay(image: np.ndarray, values: np.ndarray, *, cmap: str = AFFINI
 
 
 def colorize(task: str, prediction: np.ndarray, *, image: np.ndarray | None = None,
-             num_classes: int | None = None, depth_range: tuple[float, float] | None = None) -> np.ndarray:
+             num_classes: int | None = None, depth_range: tuple[float, float] | None = None,
+             depth_name: str = "depth") -> np.ndarray:
     """The standard picture of one task's prediction map (see the module docstring for the map conventions);
     ``depth_range`` fixes the ends of the depth colour map (to colour a prediction and its ground truth alike)."""
     kind = TASKS[task].kind if task in TASKS else "classify"
@@ -172,7 +186,7 @@ def colorize(task: str, prediction: np.ndarray, *, image: np.ndarray | None = No
         return colorize_labels(prediction, palette(task, n))
     if task == "depth":
         lo, hi = depth_range or (None, None)
-        return colorize_depth(prediction, vmin=lo, vmax=hi)
+        return colorize_depth(prediction, vmin=lo, vmax=hi, cmap=depth_cmap(depth_name))
     if task == "normals":
         return colorize_normals(prediction)
     if image is not None:  # sal (probability) and edge (probability) over the photo
@@ -181,7 +195,8 @@ def colorize(task: str, prediction: np.ndarray, *, image: np.ndarray | None = No
 
 
 def ground_truth_pictures(raw: Mapping[str, Any], num_classes: Mapping[str, int], *,
-                          depth_range: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
+                          depth_range: tuple[float, float] | None = None, depth_name: str = "depth"
+                          ) -> dict[str, np.ndarray]:
     """Pictures of a raw (untransformed) sample's labels, in the style of the predictions, with every ignored pixel
     (`ignored_mask`) drawn as grey stripes. ``raw["image"]`` is (H, W, 3) in [0, 255]."""
     image = np.asarray(raw["image"], dtype=np.float64) / 255.0
@@ -191,6 +206,6 @@ def ground_truth_pictures(raw: Mapping[str, Any], num_classes: Mapping[str, int]
         if gt is None:
             continue
         shown = (gt == 1).astype(np.float64) if task in ("sal", "edge") else gt
-        picture = colorize(task, shown, image=image, num_classes=n, depth_range=depth_range)
+        picture = colorize(task, shown, image=image, num_classes=n, depth_range=depth_range, depth_name=depth_name)
         pictures[task] = mark_ignored(picture, ignored_mask(task, gt))
     return pictures

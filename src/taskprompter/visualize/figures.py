@@ -117,9 +117,10 @@ def make_panel(image: np.ndarray, pictures: Mapping[str, np.ndarray], *,
             ax.legend(handles=legends[name], loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=6, ncol=2,
                       frameon=False, handlelength=1.2, columnspacing=0.8)
         elif name == "depth" and depth_range:
-            bar = fig.colorbar(ScalarMappable(Normalize(*depth_range), colors.DEPTH_CMAP),
+            kind = colors.depth_name(num_classes)
+            bar = fig.colorbar(ScalarMappable(Normalize(*depth_range), colors.depth_cmap(kind)),
                                cax=ax.inset_axes((0.1, -0.1, 0.8, 0.07)), orientation="horizontal")
-            bar.set_label("depth (m)", fontsize=7, labelpad=1)
+            bar.set_label(colors.DEPTH_UNITS[kind], fontsize=7, labelpad=1)
             bar.ax.tick_params(labelsize=6)
         elif name == "normals":
             key = ax.inset_axes((0.3, -0.42, 0.4, 0.38))
@@ -148,14 +149,15 @@ def prediction_panel(image: np.ndarray, maps: Mapping[str, np.ndarray], *, num_c
     image's size), the ground truth beneath it, coloured alike (one depth range, legends of both rows' classes,
     ignored pixels striped). ``pictures`` reuses already coloured predictions."""
     limits = colors.depth_limits(maps["depth"]) if "depth" in maps else None
+    kind = colors.depth_name(num_classes)  # metres, or disparity (Cityscapes-3D)
     if pictures is None:
-        pictures = {t: colors.colorize(t, m, image=image, num_classes=num_classes.get(t), depth_range=limits)
-                    for t, m in maps.items()}
+        pictures = {t: colors.colorize(t, m, image=image, num_classes=num_classes.get(t), depth_range=limits,
+                                       depth_name=kind) for t, m in maps.items()}
     labels = {t: maps[t] for t in colors.CLASS_MAP_TASKS if t in maps}
     if ground_truth is None:
         return make_panel(image, pictures, labels=labels, num_classes=num_classes, title=title, depth_range=limits)
     tasks = {t: num_classes[t] for t in maps if ground_truth.get(t) is not None}
-    truth = colors.ground_truth_pictures(ground_truth, tasks, depth_range=limits)
+    truth = colors.ground_truth_pictures(ground_truth, tasks, depth_range=limits, depth_name=kind)
     labels = {t: np.concatenate([m.ravel(), np.asarray(ground_truth[t]).ravel()]) for t, m in labels.items()
               if t in truth}
     ignored = any(colors.ignored_mask(t, ground_truth[t]).any() for t in truth)
@@ -316,7 +318,8 @@ def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mappin
     pictures = {}
     for task, m in maps.items():
         np.save(out / f"{task}.npy", m if np.asarray(m).dtype.kind in "ui" else np.asarray(m, dtype=np.float32))
-        pictures[task] = colors.colorize(task, m, image=image, num_classes=num_classes.get(task), depth_range=limits)
+        pictures[task] = colors.colorize(task, m, image=image, num_classes=num_classes.get(task), depth_range=limits,
+                                         depth_name=colors.depth_name(num_classes))
         Image.fromarray(pictures[task]).save(out / f"{task}.png")
     save_figure(prediction_panel(image, maps, num_classes=num_classes, pictures=pictures), out / "panel.png")
     if spatial_affinity:
