@@ -29,6 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "check-data": ("check_data", "read every sample of a dataset and report all problems"),
     "train": ("train", "train a model from a config (torchrun for several processes)"),
     "eval": ("eval", "evaluate a checkpoint on a split with every metric"),
+    "eval-3d": ("eval_3d", "Cityscapes-3D detection score (mDS) of prediction JSONs, printed as JSON"),
     "predict": ("predict", "predict on your own images of any size"),
     "models": ("models", "list the model presets with their tasks, input size and parameters"),
     "profile": ("profile", "parameters and multiply-accumulates per component"),

@@ -18,6 +18,7 @@ from ..errors import ConfigError
 from ..tasks import DATASET_SPECS, DatasetSpec, check_task_names
 from .base import METRIC_SPECS, Meter, MetricSpec
 from .boundary import BoundaryMeter, evaluate_boundaries
+from .cityscapes3d import evaluate_cityscapes3d, evaluate_cityscapes3d_records, write_cityscapes3d_predictions
 from .multitask import PAPER_STL_VITB_PASCAL, delta_m
 from .regression import DepthMeter, NormalsMeter
 from .saliency import SaliencyMeter
@@ -26,7 +27,7 @@ from .segmentation import SegmentationMeter, metric_names
 __all__ = [
     "Meter", "MetricSpec", "METRIC_SPECS", "METERS", "build_meter", "build_meters", "delta_m", "PAPER_STL_VITB_PASCAL",
     "evaluate_boundaries", "seism_ground_truth", "SegmentationMeter", "DepthMeter", "NormalsMeter", "SaliencyMeter",
-    "BoundaryMeter",
+    "BoundaryMeter", "evaluate_cityscapes3d", "evaluate_cityscapes3d_records", "write_cityscapes3d_predictions",
 ]  # fmt: skip
 
 CLASS_TASKS = ("semseg", "human_parts")  # tasks whose meters count classes (num_classes, class_names)
