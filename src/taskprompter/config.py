@@ -77,6 +77,8 @@ class TrainConfig:
     log_every: int = 20
     amp: str = "auto"  # auto: bf16 autocast where the device multiplies bf16 natively (CUDA GPUs with bf16, CPUs with
     #                    AMX or AVX512-BF16), else fp32 | bf16 (CPU and CUDA) | fp16 (CUDA) | off (fp32; "none" = off)
+    compile: bool = False  # torch.compile the training model (its first step, compilation included, is logged apart;
+    #                        evaluation runs eagerly)
     device: str = "auto"  # auto | cpu | cuda
     cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"

@@ -127,10 +127,13 @@ class Predictor:
     multiplies bf16 natively, else fp32. Only the model's forward runs under autocast; maps, logits and affinities
     are fp32."""
 
-    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", amp: str = "auto") -> None:
+    def __init__(self, model: nn.Module, *, device: str | torch.device = "cpu", amp: str = "auto",
+                 compile: bool = False) -> None:
         self.device = torch.device(device)
         self.precision = choose_precision(amp, self.device, option="amp")
         self.model = model.to(self.device).eval()
+        # torch.compile: compiled on the first call (each distinct call -- plain, with affinities -- compiles once)
+        self.forward_fn = torch.compile(self.model) if compile else self.model
         self.img_size: tuple[int, int] = tuple(model.img_size)
         self.tasks: list[str] = list(model.task_names)
         channels = getattr(model, "init_kwargs", {}).get("tasks", {})
@@ -139,12 +142,13 @@ class Predictor:
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto", amp: str = "auto") -> Predictor:
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str = "auto", amp: str = "auto",
+                        compile: bool = False) -> Predictor:
         """A Predictor for the model saved at ``path``: a model directory (``save_pretrained``, `convert`), a training
         checkpoint, or a run directory (its ``last``)."""
         dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         choose_precision(amp, dev, option="amp")  # a precision the device lacks fails before the model loads
-        return cls(load_model(path, device=dev), device=dev, amp=amp)
+        return cls(load_model(path, device=dev), device=dev, amp=amp, compile=compile)
 
     # -- geometry ---------------------------------------------------------------------------------------------
     def fit(self, size: tuple[int, int]) -> Fit:
@@ -202,7 +206,7 @@ class Predictor:
     def _forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
         """The model on ``x`` (moved to the device), under this Predictor's autocast."""
         with self.precision.autocast():
-            return self.model(x.to(self.device), **kwargs)
+            return self.forward_fn(x.to(self.device), **kwargs)
 
     def _sliding(self, image: np.ndarray) -> dict[str, torch.Tensor]:
         """Windows of the model's size at the image's own resolution, overlapping by >= 1/3, logits averaged."""

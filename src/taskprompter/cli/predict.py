@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="precision: auto (default) = bf16 autocast where the device multiplies bf16 natively "
                              "(CPUs with AMX or AVX512-BF16, CUDA GPUs with bf16), else fp32; off = fp32; fp16 on "
                              "CUDA only. Maps and logits are returned in fp32 either way")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (pays off over many images of one size; the first image "
+                             "includes the compilation)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     names = output_names(images)
     device = default_device(args.device, option="--device ")  # a CUDA device this machine lacks: one line
     check_writable(Path(args.out))  # an output folder that cannot be written fails before the model loads
-    predictor = Predictor.from_pretrained(args.checkpoint, device=str(device), amp=args.amp)
+    predictor = Predictor.from_pretrained(args.checkpoint, device=str(device), amp=args.amp, compile=args.compile)
     out = Path(args.out)
     failed: list[str] = []
     bar = tqdm(images, desc="predict", unit="image", file=sys.stderr, dynamic_ncols=True)

@@ -213,6 +213,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                  f"{cfg.model.name}, tasks {list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
         notes.replay(log)
         net = wrap_model(model, d, sync_bn=cfg.train.sync_bn)
+        if cfg.train.compile:  # compiled lazily by the first step; outputs and gradients as eager (tests)
+            net = torch.compile(net)
         # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
         # processes' micro-batches), scaled by W because DDP averages gradients -- so the gradient is the global
         # batch's, for any process or micro-batch count; local: each micro-batch's own mean (released code)
@@ -228,7 +230,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                             worker_init_fn=ignore_sigint if cfg.data.num_workers > 0 else None)
         batches = iter(loader)
         bar = _progress(cfg, d, start_step)
-        t0, sums, count = time.time(), {}, 0
+        t0, sums, count, untimed = time.time(), {}, 0, 0  # untimed: steps left out of sec_per_iter (compilation)
         stop.install(log)
         net.train()
         for step in range(start_step, cfg.optim.max_iters):
@@ -256,14 +258,19 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
             scaler.update()
             count += 1
             done = step + 1
+            if cfg.train.compile and step == start_step:  # compilation: reported apart from the step time
+                log.info(f"first step with torch.compile: {time.time() - t0:.1f} s (compilation included)")
+                t0, untimed = time.time(), 1
             if done % cfg.train.log_every == 0 or done == cfg.optim.max_iters:
                 record = _reduce_means(sums, count, d)
-                record.update(lr=lr, grad_norm=float(grad_norm), sec_per_iter=(time.time() - t0) / count)
+                timed = count - untimed
+                record.update(lr=lr, grad_norm=float(grad_norm),
+                              sec_per_iter=(time.time() - t0) / timed if timed else float("nan"))
                 run.log(done, "train", {f"loss/{k}": v for k, v in record.items() if k in sums} |
                         {k: v for k, v in record.items() if k not in sums})
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['total']:.4g}", lr=f"{lr:.2e}", refresh=False)
-                t0, sums, count = time.time(), {}, 0
+                t0, sums, count, untimed = time.time(), {}, 0, 0
             if bar is not None:
                 bar.update(1)
             is_last = done == cfg.optim.max_iters

@@ -37,11 +37,15 @@ def checkpoint_contexts(module: nn.Module, keep: tuple = ()) -> tuple[contextlib
     ``keep``: aten ops whose outputs are saved rather than recomputed (selective checkpointing): with the
     convolutions kept, only the cheap elementwise ops, norms and upsampling are run again.
     """
+    def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    if torch.compiler.is_compiling():
+        # torch.compile traces the region once and replays no buffer update in the recomputation (the graph is
+        # functional), so the BatchNorm guard below is not needed -- and compile accepts only dispatch modes here
+        return create_selective_checkpoint_contexts(policy)
     forward, inner = contextlib.nullcontext(), contextlib.nullcontext()
     if keep:
-        def policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-            return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
-
         forward, inner = create_selective_checkpoint_contexts(policy)
 
     @contextlib.contextmanager
