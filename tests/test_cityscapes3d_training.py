@@ -46,8 +46,6 @@ def test_the_released_pipeline_and_loss_weights(root, tmp_path):
     flipped = load_config("synthetic_cityscapes3d", ["data.flip=true"])
     with pytest.raises(ConfigError, match="data.flip=false"):
         dataset_transform(flipped, ["semseg"], train=True)
-    with pytest.raises(ConfigError, match="3ddet"):
-        train(_cfg(root, tmp_path / "det", "data.tasks=[semseg, 3ddet]"))
 
 
 def test_training_lowers_both_losses_and_eval_and_predict_work(root, tmp_path, monkeypatch):

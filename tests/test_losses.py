@@ -161,6 +161,8 @@ def test_disparity_loss_counts_zero_and_skips_minus_one():
     assert metres.batch_stats({"depth": target})["depth"].tolist() == [2]
 
 
-def test_a_task_without_a_loss_is_refused_by_name():
-    with pytest.raises(ValueError, match="3ddet"):
-        MultiTaskLoss(["semseg", "3ddet"])
+def test_the_detection_loss_takes_only_the_detectors_outputs():
+    loss = MultiTaskLoss(["semseg", "3ddet"])  # every task has a loss now (3ddet: tests/test_detection3d.py)
+    batch = {"semseg": torch.zeros(1, 2, 2, dtype=torch.long), "3ddet": [{"label": torch.zeros(0)}]}
+    with pytest.raises(TypeError, match="DetectionOutputs"):
+        loss({"semseg": torch.zeros(1, 19, 2, 2), "3ddet": [torch.zeros(1, 8, 2, 2)]}, batch)

@@ -131,10 +131,8 @@ NOT_RELEASED = [  # the very last block has no prompt update; no merging after t
 
 
 def released_checkpoint(model):
-    """The released file's layout: {'model': DDP state dict}, plus two keys of a detection head."""
+    """The released file's layout: {'model': DDP state dict}, the detection head's keys included (3ddet)."""
     state = {f"module.{k}": v.clone() for k, v in to_released_state_dict(model).items()}
-    state["module.heads.3ddet.cls_convs.0.conv.weight"] = torch.randn(4, 4, 3, 3)
-    state["module.heads.3ddet.conv_cls.bias"] = torch.randn(6)
     return {"model": state, "epoch": 3}
 
 
@@ -148,9 +146,9 @@ def test_released_names_and_a_released_checkpoint_loads_exactly():
     assert set(RELEASED_NAMES) <= names, sorted(set(RELEASED_NAMES) - names)
     assert not names & set(NOT_RELEASED), sorted(names & set(NOT_RELEASED))
     dst = tiny(tasks=TASKS3, seed=1)
-    with pytest.warns(UserWarning, match=r"2 keys of the 3-D detection head \(heads\.3ddet\.\*\) are not loaded"):
+    with pytest.warns(UserWarning, match="euler='faithful'"):  # the detector takes the released angle order
         unused = load_official_checkpoint(dst, released_checkpoint(src))
-    assert unused == ["heads.3ddet.cls_convs.0.conv.weight", "heads.3ddet.conv_cls.bias"]
+    assert unused == []
     assert all(torch.equal(v, dst.state_dict()[k]) for k, v in src.state_dict().items())
 
 
@@ -158,22 +156,19 @@ def test_released_checkpoint_problems_are_named():
     src = tiny(tasks=TASKS3)
     ckpt = released_checkpoint(src)
     with pytest.raises(CheckpointError, match=r"chan_q\.weight \(16, 16\) in file vs \(32, 32\) in model"):
-        with pytest.warns(UserWarning):
-            load_official_checkpoint(tiny(tasks=TASKS3, channel_dim=32), ckpt)
+        load_official_checkpoint(tiny(tasks=TASKS3, channel_dim=32), ckpt)
     with pytest.raises(CheckpointError, match=r"missing in checkpoint: backbone\.fea_decode_chan\.0\.3ddet|"
                                               r"unexpected in checkpoint: .*3ddet"):
         with pytest.warns(UserWarning):
             load_official_checkpoint(tiny(), ckpt)  # a model without the detection task
     extra = {"model": {**ckpt["model"], "module.backbone.extra.weight": torch.zeros(1)}}
     with pytest.raises(CheckpointError, match=r"unexpected in checkpoint: backbone\.extra\.weight"):
-        with pytest.warns(UserWarning):
-            load_official_checkpoint(tiny(tasks=TASKS3), extra)
+        load_official_checkpoint(tiny(tasks=TASKS3), extra)
     tampered = dict(ckpt["model"])
     tampered["module.backbone.layers.1.blocks.1.attn_mask"] = torch.zeros_like(
         tampered["module.backbone.layers.1.blocks.1.attn_mask"])
     with pytest.raises(CheckpointError, match=r"another window size.*layers\.1\.blocks\.1\.attn_mask"):
-        with pytest.warns(UserWarning):
-            load_official_checkpoint(tiny(tasks=TASKS3), {"model": tampered})
+        load_official_checkpoint(tiny(tasks=TASKS3), {"model": tampered})
     with pytest.raises(CheckpointError, match="official-fidelity"):
         load_official_checkpoint(tiny(tasks=TASKS3, fidelity="paper"), ckpt)
 

@@ -15,6 +15,9 @@ the released code (``local``).
            (valid: ground truth not all zero).
   depth:   L1 on the raw output over valid pixels (0 < gt, finite); with ``zero_valid`` (disparity, Cityscapes-3D's
            released encoding: -1 = invalid) over 0 <= gt instead, so a disparity of 0 (the far "sky") is learned.
+  3ddet:   the released FCOS3D loss (model/swin/detection/losses.py) of the detector's outputs against the batch's
+           3ddet records, normalised within the batch; with the global statistics, each batch's loss is weighted
+           by its share of the images that have objects.
 """
 
 from __future__ import annotations
@@ -130,6 +133,29 @@ def depth_loss(pred: Tensor, target: Tensor, stats: Tensor | None = None, *, zer
     return _pooled(total, stats[0])
 
 
+def detection_images(records: Sequence[Mapping]) -> Tensor:
+    """[#images with at least one object] of a batch's 3ddet records."""
+    return torch.tensor([sum(len(r["label"]) > 0 for r in records)], dtype=torch.long)
+
+
+def detection_loss(outputs, records: Sequence[Mapping], stats: Tensor | None = None) -> Tensor:
+    """3-D detection: the detector's loss ("total" of its terms) for ``outputs`` (`DetectionOutputs`) and the
+    batch's per-image 3ddet records (on any device). With ``stats`` (`detection_images` over a larger batch), this
+    batch's loss times its share of those images."""
+    from .model.swin.detection import DetectionOutputs
+    from .model.swin.detection.losses import detection_loss as released_detection_loss
+
+    if not isinstance(outputs, DetectionOutputs):
+        raise TypeError(f"the 3ddet output must be the detector's DetectionOutputs, got {type(outputs).__name__}: "
+                        "train 3ddet with a TaskPrompterSwin, whose heads['3ddet'] is the detector")
+    if not isinstance(records, (list, tuple)):
+        raise DataError(f"the batch's 3ddet labels must be a list of per-image records, got {type(records).__name__}")
+    total = released_detection_loss(outputs, records)["total"]
+    if stats is None:
+        return total
+    return total * (float(detection_images(records)[0]) / max(float(stats[0]), 1.0))
+
+
 class MultiTaskLoss(nn.Module):
     """Sum over tasks of weight x loss; forward returns {task: loss, ..., "total": weighted sum}.
 
@@ -182,6 +208,7 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "sal": saliency_loss,
     "normals": normals_loss,
     "edge": edge_loss,
+    "3ddet": detection_loss,
 }
 
 LOSS_STATS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -191,4 +218,5 @@ LOSS_STATS: dict[str, Callable[[Tensor], Tensor]] = {
     "sal": saliency_stats,
     "normals": valid_normals,
     "edge": valid_labels,
+    "3ddet": detection_images,
 }

@@ -182,7 +182,8 @@ def parameters_without_gradient(model: nn.Module, device: torch.device) -> list[
     was_training = model.training
     model.eval()
     out = model(torch.zeros(1, 3, *img_size, device=device))
-    sum(v.float().sum() for v in out.values()).backward()
+    leaves = torch.utils._pytree.tree_leaves(dict(out))  # 2-D logits and the detector's maps (DetectionOutputs)
+    sum(t.float().sum() for t in leaves if torch.is_tensor(t)).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     model.zero_grad(set_to_none=True)
     model.train(was_training)

@@ -5,7 +5,8 @@ True)``. The backbone's names are ours (``backbone.task_prompts``, ``backbone.pa
 ``backbone.layers.{s}.blocks.{j}.*``, ``backbone.layers.{s}.downsample.*``, ``backbone.norm.*``); the decoder's and
 the heads' are translated by ``KEY_MAP``. The derived buffers ``relative_position_index`` and ``attn_mask`` that
 the released model saves are compared with the model's (a difference means another window size or grid) and
-dropped. The detection head's keys (``heads.3ddet.*``) are reported as unused until the 3-D detection head exists.
+dropped. The detection head's keys (``heads.3ddet.*``) are the released FCOS3D head's own names (`Detector3D`); a
+model without the 3ddet task reports them as unused.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ KEY_MAP: list[tuple[str, str]] = [
     *((f"heads.{{t}}.{ours}.{{p}}", f"heads.{{t}}.{released}.{{p}}") for ours, released in DECONV_HEAD_KEYS.items()),
 ]
 BUFFERS = ("relative_position_index", "attn_mask")  # derived buffers the released model saves
-DETECTION_HEAD = "heads.3ddet."  # loaded by the 3-D detection head (next issue); reported as unused until then
+DETECTION_HEAD = "heads.3ddet."  # the detector's keys: loaded as they are; unused by a model without 3ddet
 
 
 def _compile(template: str) -> re.Pattern:
@@ -105,7 +106,8 @@ def _checked_buffers(model: TaskPrompterSwin, state: dict[str, Tensor]) -> dict[
 def load_official_checkpoint(model: TaskPrompterSwin, checkpoint: str | os.PathLike | Mapping[str, Tensor]
                              ) -> list[str]:
     """Load a released Swin TaskPrompter checkpoint (path or state dict) into an official-fidelity ``model``; return
-    the checkpoint keys left unused (the detection head's, with a warning).
+    the checkpoint keys left unused (the detection head's when the model has no 3ddet task, with a warning). A
+    detector is switched to ``euler="faithful"``: the released weights regress the angles in that order.
 
     Raises CheckpointError naming the missing, unexpected and mis-shaped keys, and derived buffers that differ.
     """
@@ -117,11 +119,10 @@ def load_official_checkpoint(model: TaskPrompterSwin, checkpoint: str | os.PathL
         state = {k.removeprefix("module."): v for k, v in state.items()}
     else:
         state = read_state_dict(checkpoint, what="checkpoint")
-    unused = sorted(k for k in state if k.startswith(DETECTION_HEAD) and k not in model.state_dict())
+    unused = [] if "3ddet" in model.heads else sorted(k for k in state if k.startswith(DETECTION_HEAD))
     if unused:
         warnings.warn(f"{len(unused)} keys of the 3-D detection head ({DETECTION_HEAD}*) are not loaded: this "
-                      "model has no detection head yet (it returns the detection task's decoded feature maps, the "
-                      "head's input); every other key was loaded and checked", stacklevel=2)
+                      "model has no 3ddet task; every other key was loaded and checked", stacklevel=2)
     state = _checked_buffers(model, {k: v for k, v in state.items() if k not in unused})
     state = {from_released_key(k): v for k, v in state.items()}
     own = model.state_dict()
@@ -129,4 +130,10 @@ def load_official_checkpoint(model: TaskPrompterSwin, checkpoint: str | os.PathL
     if prompts is not None and prompts.numel() == own["backbone.task_prompts"].numel():
         state["backbone.task_prompts"] = prompts.reshape(own["backbone.task_prompts"].shape)  # (1, T, C) or (T, C)
     load_state_exactly(model, state, source="released checkpoint")
+    detector = model.heads["3ddet"] if "3ddet" in model.heads else None
+    if detector is not None and detector.config.euler != "faithful":
+        detector.configure(euler="faithful")
+        model.init_kwargs["detection"] = {**(model.init_kwargs.get("detection") or {}), "euler": "faithful"}
+        warnings.warn("the detector now decodes with euler='faithful' (was 'fixed'): the released weights regress "
+                      "the angles of the released quaternion order (docs/fidelity.md)", stacklevel=2)
     return unused

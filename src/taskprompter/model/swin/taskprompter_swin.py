@@ -4,13 +4,13 @@ swin-cityscapes3d.md section 1), assembled into ``model(images) -> {task: logits
     images (B, 3, H, W) -> x resize_ratio (bilinear) -> PromptSwin: one Level per stage
       -> SwinPromptDecoder: per level and task, spatial + channel prompting, fusion       {task: [S maps]}
       -> 2-D tasks: levels resized to level 0 and summed, multi_scale_fuse, head, resize to H*s x W*s
-      -> 3ddet: the S fused maps themselves (the detection neck's input)
+      -> 3ddet: the S fused maps -> Detector3D (FPN + FCOS3D head, detection/): its raw outputs
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,8 @@ from ...tasks import ordered_tasks
 from ..io import PretrainedMixin
 from .block import WindowPromptAttention, channel_head_grid
 from .decoder import SwinPromptDecoder, is_dense
+from .detection import Detector3D
+from .detection.detector import check_options
 from .encoder import PromptSwin, stage_specs
 from .fidelity import resolve_swin_fidelity
 from .heads import build_head
@@ -73,7 +75,9 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
     come at ``img_size * output_scale`` (released: 512x1024, the label size). ``decoder_dim`` is e, ``final_dim``
     f. ``fidelity`` picks the defaults of ``SWIN_FIDELITY_OPTIONS`` (``decode_affinity``, ``head``,
     ``channel_update``), each overridable by name. Every stage grid must divide into its windows (ValueError
-    otherwise): the released padding path has no mask for the prompts.
+    otherwise): the released padding path has no mask for the prompts. With ``"3ddet"`` in ``tasks``,
+    ``heads["3ddet"]`` is a `Detector3D` on the task's S decoded maps; ``detection`` holds its options (``channels``,
+    ``deformable``, ``euler``, ``score_threshold``, ...: ``detection/detector.py``).
     """
 
     def __init__(
@@ -83,12 +87,13 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
         final_dim: int = 450, channel_dim: int = 256, channel_heads: int = 1, drop_path_rate: float = 0.15,
         output_scale: float = 0.5, fidelity: str = "official", decode_affinity: str | None = None,
         head: str | None = None, channel_update: bool | None = None, attention_impl: str = "efficient",
-        grad_checkpointing: bool = False,
+        grad_checkpointing: bool = False, detection: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.init_kwargs = {k: (list(v) if isinstance(v, tuple) else v) for k, v in locals().items()
                             if k not in ("self", "__class__")}
         self.init_kwargs["tasks"] = dict(tasks)
+        self.init_kwargs["detection"] = check_options(detection) if detection else None
         if not tasks:
             raise ValueError("tasks is empty: give at least one task, e.g. {'semseg': 19}")
         self.task_names = ordered_tasks(tasks)  # prompt order
@@ -130,6 +135,11 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
             decoder_dim=decoder_dim, final_dim=final_dim, attention_impl=attention_impl)
         self.heads = nn.ModuleDict({t: build_head(self.options["head"], in_dim=final_dim, out_channels=tasks[t])
                                     for t in self.task_names if is_dense(t)})
+        if "3ddet" in tasks:  # strides of the S decoded maps and the extra level, in pixels of the model's input
+            strides = [self.resized_size[0] / g[0] / resize_ratio for g in level_grids]
+            self.heads["3ddet"] = Detector3D(in_channels=final_dim, num_classes=tasks["3ddet"],
+                                             num_inputs=len(level_grids), strides=[*strides, 2 * strides[-1]],
+                                             input_size=self.img_size, **(detection or {}))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -150,7 +160,8 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
 
     def forward(self, images: Tensor, *, return_features: bool = False, return_affinities: bool = False):
         """images (B, 3, H, W) at ``img_size`` -> {task: logits (B, n_t, H*s, W*s)} for 2-D tasks and, for
-        ``"3ddet"``, the list of its S fused maps (B, f, h_l, w_l). ``return_features`` adds {task: [S level maps]}
+        ``"3ddet"``, the detector's `DetectionOutputs` from its S fused maps (B, f, h_l, w_l) (the maps themselves
+        are ``features["3ddet"]``). ``return_features`` adds {task: [S level maps]}
         (every task), ``return_affinities`` a SwinAffinity per level; they follow the outputs in that order:
         ``outputs, features, affinities``."""
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.img_size:
@@ -162,10 +173,10 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
         levels = self.backbone(x)
         features = self.decoder(levels)  # {task: [S x (B, f, h_l', w_l')]}
         fused = self.decoder.fuse_scales(features)  # {2-D task: (B, f, H0, W0)}
-        outputs: dict[str, Tensor | list[Tensor]] = {}
+        outputs: dict[str, Any] = {}  # Tensor for 2-D tasks, DetectionOutputs for 3ddet
         for task in self.output_order:
-            if task not in self.heads:
-                outputs[task] = features[task]
+            if not is_dense(task):  # 3ddet: the detector on the S decoded maps
+                outputs[task] = self.heads[task](features[task])
                 continue
             logits = self.heads[task](fused[task])  # (B, n, 2 H0, 2 W0) deconv; (B, n, H0, W0) conv
             if tuple(logits.shape[-2:]) != self.output_size:
