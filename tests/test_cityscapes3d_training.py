@@ -110,3 +110,24 @@ def test_reader_options_reach_the_reader_and_unknown_ones_are_named(root):
         build_dataset("cityscapes3d", root, "train", ["semseg"], options={"eulr": "fixed"})
     cfg = load_config("synthetic_cityscapes3d", ["data.reader_options.rail_track_sky=false"])
     assert cfg.data.reader_options == {"rail_track_sky": False}
+
+
+def test_3d_detection_trains_and_is_scored_by_mds_in_eval_and_eval_3d(root, tmp_path):
+    from taskprompter.metrics import evaluate_cityscapes3d
+
+    cfg = _cfg(root, tmp_path / "run", "data.tasks=[semseg, depth, 3ddet]", "optim.max_iters=2",
+               "train.batch_size=2", "model.overrides.detection.channels=32", "model.overrides.detection.norm_groups=8")
+    result = train(cfg)
+    det = result["metrics"]["3ddet"]
+    assert 0.0 <= det["mDS"] <= 1.0 and 0.0 <= det["mAP"] <= 1.0 and "DS_car" in det
+    record = evaluate_checkpoint(tmp_path / "run" / "last", out=tmp_path / "eval", save_predictions=tmp_path / "pred",
+                                 progress=False)
+    assert record["metrics"]["3ddet"] == det  # the same boxes, decoded the same way
+    files = sorted((tmp_path / "pred" / "3ddet").glob("*leftImg8bit.json"))
+    assert len(files) == 2  # data.max_val_samples=2, one official-format JSON per image
+    assert len(list((root / "gtBbox3d" / "val").rglob("*.json"))) == 2  # the two evaluated images: the whole split
+    official = evaluate_cityscapes3d(root / "gtBbox3d" / "val", tmp_path / "pred" / "3ddet")
+    assert official["num_images"] == 2 and official["mDS"] == pytest.approx(det["mDS"], nan_ok=True)
+    wrong = _cfg(root, tmp_path / "bad", "data.tasks=[semseg, 3ddet]", "data.reader_options.euler=faithful")
+    with pytest.raises(ConfigError, match="euler"):
+        train(wrong)

@@ -31,7 +31,7 @@ from ..inference import logits_to_map
 from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
-from .distributed import Dist, cleanup_distributed, init_distributed, summed_over_processes
+from .distributed import Dist, cleanup_distributed, gather_objects, init_distributed, summed_over_processes, unwrap
 from .precision import choose_precision
 
 
@@ -82,10 +82,23 @@ def dataset_transform(cfg: Config, tasks: list[str], *, train: bool):
     return eval_transform(tuple(cfg.data.size))
 
 
+def reader_options(cfg: Config) -> dict[str, Any]:
+    """``data.reader_options``, with the Euler convention of the boxes' angles taken from the detector's
+    (``model.overrides.detection.euler``, default "fixed") when 3ddet is trained: the reader writes the targets in
+    the convention the detector decodes them with, so the two may not differ."""
+    options = dict(cfg.data.reader_options)
+    if "3ddet" in cfg.data.tasks:
+        euler = dict(cfg.model.overrides.get("detection") or {}).get("euler", "fixed")
+        if options.setdefault("euler", euler) != euler:
+            raise ConfigError(f"data.reader_options.euler={options['euler']!r} differs from the detector's "
+                              f"model.overrides.detection.euler={euler!r}: set both alike")
+    return options
+
+
 def build_eval_dataset(cfg: Config, split: str, tasks: list[str]):
     ds = build_dataset(cfg.data.format, cfg.data.root, split, tasks, dataset_transform(cfg, tasks, train=False),
                        edge_protocol="seism",  # boundaries are scored against SEISM's ground truth
-                       options=cfg.data.reader_options)
+                       options=reader_options(cfg))
     if cfg.data.max_val_samples and len(ds) > cfg.data.max_val_samples:
         ds = Subset(ds, list(range(cfg.data.max_val_samples)))
     return ds
@@ -146,10 +159,14 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
              batch_size: int = 4, num_workers: int = 0, amp_dtype: torch.dtype | None = None,
              save_dir: str | Path | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} over ``dataset`` (this process's shard; meters all-reduced across processes).
-    ``tasks`` maps each evaluated task to its output channels; detection tasks are left out (their metric, mDS, comes
-    with the detection head)."""
+    ``tasks`` maps each evaluated task to its output channels. The 3-D detection task is scored by mDS
+    (`metrics.evaluate_cityscapes3d_records`, modal matching as TaskPrompter reports it): every image's boxes are
+    decoded, gathered from all processes and scored once; ``save_dir`` also gets them as the official evaluator's
+    JSON files (``<save_dir>/3ddet/<stem>leftImg8bit.json``)."""
+    detect = [t for t in tasks if TASKS[t].kind == "detect"]
     tasks = {t: c for t, c in tasks.items() if TASKS[t].kind != "detect"}
     meters = build_task_meters(tasks, dataset_format)
+    boxes: list[tuple[Any, Any]] = []  # (ground-truth record, decoded detections) per image of this process
     shard = Subset(dataset, shard_indices(len(dataset), dist.rank, dist.world_size))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     was_training = model.training
@@ -162,8 +179,8 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
     for batch in loader:
         images = batch["image"].to(dist.device, non_blocking=True)
         with torch.autocast(dist.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            outputs = model(images)  # {task: (B, C_t, H, W)} at the (padded) label resolution
-        outputs = {t: outputs[t].float().cpu() for t in tasks}
+            raw_outputs = model(images)  # {task: (B, C_t, H, W)} at the (padded) label resolution
+        outputs = {t: raw_outputs[t].float().cpu() for t in tasks}
         broken = first_non_finite(outputs, batch["meta"])
         if broken:  # metrics of NaN/Inf outputs would look plausible (argmax of NaN is 0): stop instead
             break
@@ -171,13 +188,53 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
             meters[task].update(outputs[task], batch[task])
         if save_dir is not None:
             save_predictions(Path(save_dir), outputs, batch["meta"])
+        if detect:
+            boxes += decoded_boxes(model, raw_outputs, batch, save_dir)
     model.train(was_training)
     _raise_if_non_finite(broken, dist)
     results = {}
     for task in tasks:
         meters[task].all_reduce()
         results[task] = meters[task].compute()
+    if detect:
+        results["3ddet"] = detection_scores(boxes)
     return results
+
+
+def decoded_boxes(model: torch.nn.Module, outputs: Mapping[str, Any], batch: Mapping[str, Any],
+                  save_dir: str | Path | None) -> list[tuple[Any, Any]]:
+    """(ground-truth record, detections) of every image of a batch; the detections are decoded with the image's own
+    camera (`Detector3D.decode`) and, with ``save_dir``, written as the official evaluator reads them."""
+    records = batch.get("3ddet")
+    if records is None:
+        raise TaskPrompterError("the evaluation batch has no 3ddet records: evaluate 3-D detection on Cityscapes-3D "
+                                "with 3ddet among data.tasks")
+    detections = unwrap(model).heads["3ddet"].decode(outputs["3ddet"], records=records)
+    if save_dir is not None:
+        from ..data.cityscapes3d import record_camera
+        from ..metrics import write_cityscapes3d_predictions
+
+        for meta, record, det in zip(batch["meta"], records, detections):
+            write_cityscapes3d_predictions(Path(save_dir) / "3ddet", f"{meta['id']}_", det, record_camera(record),
+                                           image_size=tuple(int(v) for v in record["image_size"]))
+    gt = [{k: v.numpy() if torch.is_tensor(v) else v for k, v in r.items()} for r in records]
+    return list(zip(gt, detections))
+
+
+def detection_scores(boxes: list[tuple[Any, Any]]) -> dict[str, float]:
+    """mDS, mAP and the per-class terms over the images of every process (gathered; each process computes the
+    same numbers)."""
+    from ..metrics import evaluate_cityscapes3d_records
+
+    everything = [pair for part in gather_objects(boxes) for pair in part]
+    if not everything:
+        return {"mDS": float("nan"), "mAP": float("nan")}
+    result = evaluate_cityscapes3d_records([g for g, _ in everything], [p for _, p in everything])
+    flat = {"mDS": float(result["mDS"]), "mAP": float(result["mAP"])}
+    for name, values in result["per_class"].items():
+        for key in ("AP", "DS"):
+            flat[f"{key}_{name}"] = float(values[key])
+    return flat
 
 
 def first_non_finite(outputs: Mapping[str, torch.Tensor], metas: list[dict[str, Any]]) -> str:

@@ -50,6 +50,7 @@ from .evaluate import (
     dataset_transform,
     evaluate,
     format_table,
+    reader_options,
     task_channels,
     zero_depth_valid,
 )
@@ -177,7 +178,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         except ValueError as err:
             raise ConfigError(f"data.tasks: {err}") from err
         train_ds = build_dataset(cfg.data.format, cfg.data.root, cfg.data.train_split, list(tasks),
-                                 dataset_transform(cfg, list(tasks), train=True), options=cfg.data.reader_options)
+                                 dataset_transform(cfg, list(tasks), train=True), options=reader_options(cfg))
         val_ds = build_eval_dataset(cfg, cfg.data.val_split, list(tasks))
         micro_batch_size(cfg.train.batch_size, d.world_size, cfg.train.accum_steps)  # fail before any output
         spec = best_metric_spec(cfg.train.best_metric, list(tasks))
