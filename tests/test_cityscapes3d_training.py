@@ -49,7 +49,7 @@ def test_the_released_pipeline_and_loss_weights(root, tmp_path):
 
 
 def test_training_lowers_both_losses_and_eval_and_predict_work(root, tmp_path, monkeypatch):
-    cfg = _cfg(root, tmp_path / "run", "optim.max_iters=40", "train.log_every=1", "train.checkpoint_every=100",
+    cfg = _cfg(root, tmp_path / "run", "data.tasks=[semseg, depth]", "optim.max_iters=40", "train.log_every=1", "train.checkpoint_every=100",
                "optim.schedule=constant", "optim.warmup_iters=0", "train.batch_size=2", "optim.lr=2e-3")
     monkeypatch.setattr(StepBatches, "_index", lambda self, position: position % 2)  # samples 0-1 every step
     result = train(cfg)
@@ -128,6 +128,33 @@ def test_3d_detection_trains_and_is_scored_by_mds_in_eval_and_eval_3d(root, tmp_
     assert len(list((root / "gtBbox3d" / "val").rglob("*.json"))) == 2  # the two evaluated images: the whole split
     official = evaluate_cityscapes3d(root / "gtBbox3d" / "val", tmp_path / "pred" / "3ddet")
     assert official["num_images"] == 2 and official["mDS"] == pytest.approx(det["mDS"], nan_ok=True)
+    # predict: boxes decoded with the image's camera (scaled to the model's input), modal boxes in the image's pixels
+    from taskprompter.cli import main
+    from taskprompter.data.cityscapes3d import record_camera
+
+    raw = build_dataset("cityscapes3d", root, "val", ["semseg", "3ddet"]).load_raw(0)
+    camera = record_camera(raw["3ddet"])
+    big = np.repeat(np.repeat(raw["image"], 2, 0), 2, 1) / 255.0  # the same scene at twice the size
+    pred = Predictor.from_pretrained(tmp_path / "run" / "last", device="cpu", amp="off").predict(
+        big, camera=camera.scaled(2, 2))
+    fields = {"label", "score", "center_V", "dimensions", "rotation", "box_modal"}
+    assert fields <= set(pred.boxes3d) and pred.camera == camera.scaled(2, 2)
+    n = len(pred.boxes3d["label"])
+    assert pred.boxes3d["center_V"].shape == (n, 3) and pred.boxes3d["rotation"].shape == (n, 4)
+    if n:
+        modal = pred.boxes3d["box_modal"]
+        assert (modal >= 0).all() and (modal[:, [0, 2]] <= 2 * SIZE[1] - 1).all() and (modal[:, 2] >= modal[:, 0]).all()
+    image_file = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(raw["image"].astype(np.uint8)).save(image_file)
+    sensor = tmp_path / "camera.json"
+    sensor.write_text(json.dumps({"sensor": camera.to_json()}))
+    assert main(["predict", "--checkpoint", str(tmp_path / "run" / "last"), "--input", str(image_file), "--out",
+                 str(tmp_path / "preds"), "--camera", str(sensor), "--amp", "off"]) == 0
+    written = json.loads((tmp_path / "preds" / "scene" / "boxes3d.json").read_text())
+    assert isinstance(written["objects"], list) and (tmp_path / "preds" / "scene" / "boxes3d.png").is_file()
+
     wrong = _cfg(root, tmp_path / "bad", "data.tasks=[semseg, 3ddet]", "data.reader_options.euler=faithful")
     with pytest.raises(ConfigError, match="euler"):
         train(wrong)

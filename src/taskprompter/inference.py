@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.geometry import CITYSCAPES_SENSOR, Camera
 from .engine.precision import choose_precision
 from .errors import DataError
 from .model.build import load_model
@@ -118,6 +119,9 @@ class Prediction:
     logits: dict[str, torch.Tensor] | None = None  # {task: (C, H0, W0)} when asked for
     spatial_affinity: dict[str, list[np.ndarray]] = field(default_factory=dict)  # {task: [(H0, W0) per level]}
     channel_affinity: list[np.ndarray | None] = field(default_factory=list)  # per level (T, C) or None
+    boxes3d: dict[str, np.ndarray] | None = None  # 3-D detection: label, score, center_V, dimensions, rotation,
+    #                                              box_modal (xyxy, original pixels) -- the official JSON's fields
+    camera: Any = None  # the image's camera (data.geometry.Camera) the boxes were decoded with
 
 
 class Predictor:
@@ -154,6 +158,8 @@ class Predictor:
     def fit(self, size: tuple[int, int]) -> Fit:
         H, W = self.img_size
         H0, W0 = size
+        if "3ddet" in self.tasks:  # 3-D boxes need the whole image under one camera: resized, never padded
+            return Fit(size=(H0, W0), resized=(H, W), pad=(0, 0, 0, 0))
         scale = min(H / H0, W / W0)  # the longer side (relative to the grid) fills the input
         h, w = min(H, max(1, round(H0 * scale))), min(W, max(1, round(W0 * scale)))
         top, left = (H - h) // 2, (W - w) // 2
@@ -183,9 +189,13 @@ class Predictor:
     # -- prediction -------------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, image: np.ndarray | str | os.PathLike, *, sliding_window: bool = False,
-                affinity: bool = False, return_logits: bool = False) -> Prediction:
+                affinity: bool = False, return_logits: bool = False, camera: Any = None) -> Prediction:
+        """``camera``: the image's camera for 3-D detection (a `data.geometry.Camera` or a Cityscapes-3D JSON
+        ``sensor`` block, in the image's own pixels); default: Cityscapes' camera scaled to the image's size."""
         if isinstance(image, (str, os.PathLike)):
             image = read_image(image)
+        if sliding_window and "3ddet" in self.tasks:
+            raise ValueError("sliding_window cannot decode 3-D boxes (one camera per window): predict whole images")
         x, fit = self.preprocess(image)
         aff_levels = None
         if sliding_window:
@@ -201,7 +211,25 @@ class Predictor:
                           logits=logits if return_logits else None)
         if aff_levels is not None:
             pred.spatial_affinity, pred.channel_affinity = self._affinities(aff_levels, fit)
+        if "3ddet" in self.tasks and not sliding_window:
+            pred.boxes3d, pred.camera = self._boxes3d(out["3ddet"], fit, camera)
         return pred
+
+    def _boxes3d(self, outputs: Any, fit: Fit, camera: Any) -> tuple[dict[str, np.ndarray], Any]:
+        """Decode the detector's outputs with the camera of the model's input (the image's camera scaled by the
+        resize), the modal boxes mapped back to the image's pixels (half-pixel centres, as `Camera.scaled`)."""
+        (H0, W0), (H, W) = fit.size, self.img_size
+        if camera is None:
+            camera = Camera.from_json(CITYSCAPES_SENSOR).scaled(W0 / 2048, H0 / 1024)  # assumed: say so in docs
+        elif not isinstance(camera, Camera):
+            camera = Camera.from_json(camera)
+        sx, sy = W / W0, H / H0
+        head = self.model.heads["3ddet"]
+        boxes = head.decode(outputs, [camera.scaled(sx, sy)], image_sizes=[(H, W)])[0]
+        modal = np.asarray(boxes["box_modal"], dtype=np.float64).reshape(-1, 4)
+        modal = (modal + 0.5) / np.array([sx, sy, sx, sy]) - 0.5  # input pixels -> the image's pixels
+        boxes["box_modal"] = np.clip(modal, 0, [W0 - 1, H0 - 1, W0 - 1, H0 - 1])
+        return boxes, camera
 
     def _forward(self, x: torch.Tensor, **kwargs: Any) -> Any:
         """The model on ``x`` (moved to the device), under this Predictor's autocast."""

@@ -35,6 +35,17 @@ BOX_EDGES = np.array([[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7
                       [0, 4], [1, 5], [2, 6], [3, 7]])  # (12, 2) corner pairs: bottom ring, top ring, pillars
 NEAR_PLANE = 0.01  # metres: box faces are clipped at z_S > 1 cm before projection (the official amodal box)
 EULER_MODES = ("fixed", "faithful")
+# The sensor block of a released Cityscapes-3D annotation (2048 x 1024): camera 1.70 m ahead of the rear axle,
+# 0.10 m left, 1.22 m above the ground, pitched down by 2.2 degrees. `Predictor` assumes it (scaled to the image)
+# for images that come without a camera; the synthetic street scenes are rendered with it.
+CITYSCAPES_SENSOR = {
+    "fx": 2262.52, "fy": 2265.3017905988554, "u0": 1096.98, "v0": 513.137, "baseline": 0.209313,
+    "sensor_T_ISO_8855": [
+        [0.9990881051503779, -0.01948468779721943, -0.03799085532693703, -1.6501524664770573],
+        [0.019498764210995674, 0.9998098810245096, 0.0, -0.1331288872611436],
+        [0.03798363254444427, -0.0007407747301939942, 0.9992780868764849, -1.2836173638418473],
+    ],
+}  # fmt: skip
 SENSOR_KEYS = ("fx", "fy", "u0", "v0", "baseline", "sensor_T_ISO_8855")
 
 

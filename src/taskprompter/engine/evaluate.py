@@ -24,11 +24,19 @@ from torch.utils.data import DataLoader, Subset
 
 from ..config import Config, apply_overrides, from_dict, load_config
 from ..data import build_dataset, collate
+from ..data.cityscapes3d import record_camera
 from ..data.sampling import shard_indices
 from ..data.transforms import eval_transform, fixed_size_transform, train_transform
 from ..errors import CheckpointError, ConfigError, TaskPrompterError
 from ..inference import logits_to_map
-from ..metrics import CLASS_TASKS, MetricSpec, build_meter, build_meters
+from ..metrics import (
+    CLASS_TASKS,
+    MetricSpec,
+    build_meter,
+    build_meters,
+    evaluate_cityscapes3d_records,
+    write_cityscapes3d_predictions,
+)
 from ..tasks import DATASET_SPECS, TASKS, higher_is_better, ordered_tasks
 from .checkpoint import load_model
 from .distributed import Dist, cleanup_distributed, gather_objects, init_distributed, summed_over_processes, unwrap
@@ -211,9 +219,6 @@ def decoded_boxes(model: torch.nn.Module, outputs: Mapping[str, Any], batch: Map
                                 "with 3ddet among data.tasks")
     detections = unwrap(model).heads["3ddet"].decode(outputs["3ddet"], records=records)
     if save_dir is not None:
-        from ..data.cityscapes3d import record_camera
-        from ..metrics import write_cityscapes3d_predictions
-
         for meta, record, det in zip(batch["meta"], records, detections):
             write_cityscapes3d_predictions(Path(save_dir) / "3ddet", f"{meta['id']}_", det, record_camera(record),
                                            image_size=tuple(int(v) for v in record["image_size"]))
@@ -224,8 +229,6 @@ def decoded_boxes(model: torch.nn.Module, outputs: Mapping[str, Any], batch: Map
 def detection_scores(boxes: list[tuple[Any, Any]]) -> dict[str, float]:
     """mDS, mAP and the per-class terms over the images of every process (gathered; each process computes the
     same numbers)."""
-    from ..metrics import evaluate_cityscapes3d_records
-
     everything = [pair for part in gather_objects(boxes) for pair in part]
     if not everything:
         return {"mDS": float("nan"), "mAP": float("nan")}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -18,7 +19,6 @@ from ..data.geometry import BOX_EDGES, NEAR_PLANE, Camera, project, sensor_corne
 from ..label_sets import CITYSCAPES3D_DET_CLASSES
 from ..tasks import DATASET_SPECS
 from . import colors
-from .figures import new_figure
 
 BEV_RANGE = (-25.0, 25.0, 0.0, 80.0)  # x_S (right) from -25 to 25 m, z_S (forward) from 0 to 80 m
 
@@ -78,7 +78,8 @@ def boxes3d_figure(image: np.ndarray, predictions: Mapping[str, np.ndarray] | No
     a bird's-eye view of both. ``camera`` is the camera of ``image``'s pixels (``Camera.scaled`` for a resized
     image); predictions below ``min_score`` are left out."""
     h, w = image.shape[:2]
-    fig = new_figure(2.6 * 2 * w / max(h, 1) * 0.55 + 3.0, 3.2)
+    fig = Figure(figsize=(2.6 * 2 * w / max(h, 1) * 0.55 + 3.0, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
     ax_img, ax_bev = fig.subplots(1, 2, width_ratios=[2 * w / max(h, 1) * 0.55, 1.0])
     ax_img.imshow(colors.to_uint8_image(image))
     ax_img.set_xlim(0, w)

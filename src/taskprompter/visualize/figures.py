@@ -24,8 +24,10 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # the object API renders with Agg and never touches pyplot's global state
 from matplotlib.patches import Patch
 
+from ..metrics import write_cityscapes3d_predictions
 from ..tasks import TASKS, higher_is_better
 from . import colors
+from .boxes3d import boxes3d_figure
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -305,11 +307,13 @@ def plot_training_curves(path: str | os.PathLike, records: Sequence[Mapping[str,
 
 def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mapping[str, np.ndarray], *,
                      num_classes: Mapping[str, int], spatial_affinity: Mapping[str, Sequence[np.ndarray]] | None = None,
-                     channel_affinity: Sequence[np.ndarray | None] = (), task_names: Sequence[str] = ()) -> None:
+                     channel_affinity: Sequence[np.ndarray | None] = (), task_names: Sequence[str] = (),
+                     boxes3d: Mapping[str, np.ndarray] | None = None, camera: Any = None) -> None:
     """One image's outputs in ``out_dir``: per task ``<task>.png`` (coloured) and ``<task>.npy`` (the map: class ids
     as given -- `Predictor` gives the smallest unsigned type --, everything else float32), ``panel.png``; with
     affinities ``affinity/spatial.png`` (tasks x levels, colour bar), ``affinity/<task>_level<k>.png`` (the map over
-    the image at full size) and ``affinity/channel_level<k>.png``."""
+    the image at full size) and ``affinity/channel_level<k>.png``; with 3-D boxes (and their ``camera``)
+    ``boxes3d.png`` (projected and bird's-eye view) and ``boxes3d.json`` (the official evaluator's format)."""
     from PIL import Image
 
     out = Path(out_dir)
@@ -322,6 +326,9 @@ def write_prediction(out_dir: str | os.PathLike, image: np.ndarray, maps: Mappin
                                          depth_name=colors.depth_name(num_classes))
         Image.fromarray(pictures[task]).save(out / f"{task}.png")
     save_figure(prediction_panel(image, maps, num_classes=num_classes, pictures=pictures), out / "panel.png")
+    if boxes3d is not None:
+        save_figure(boxes3d_figure(image, boxes3d, camera, title="3-D boxes (score >= 0.3)"), out / "boxes3d.png")
+        write_cityscapes3d_predictions(out / "boxes3d.json", "image_", boxes3d, camera, image_size=image.shape[:2])
     if spatial_affinity:
         aff = out / "affinity"
         aff.mkdir(exist_ok=True)

@@ -12,20 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..geometry import Camera, quaternion_to_matrix, yaw_quaternion
+from ..geometry import CITYSCAPES_SENSOR, Camera, quaternion_to_matrix, yaw_quaternion
 from .raycast import Solid
 
-# The sensor block of a released Cityscapes-3D annotation (2048 x 1024): camera 1.70 m ahead of the rear axle,
-# 0.10 m left, 1.22 m above the ground, pitched down by 2.2 degrees.
-CITYSCAPES_SIZE = (1024, 2048)
-CITYSCAPES_SENSOR = {
-    "fx": 2262.52, "fy": 2265.3017905988554, "u0": 1096.98, "v0": 513.137, "baseline": 0.209313,
-    "sensor_T_ISO_8855": [
-        [0.9990881051503779, -0.01948468779721943, -0.03799085532693703, -1.6501524664770573],
-        [0.019498764210995674, 0.9998098810245096, 0.0, -0.1331288872611436],
-        [0.03798363254444427, -0.0007407747301939942, 0.9992780868764849, -1.2836173638418473],
-    ],
-}  # fmt: skip
+CITYSCAPES_SIZE = (1024, 2048)  # the camera below is that of CITYSCAPES_SIZE images
 
 # Cityscapes labelIds the scenes use.
 ROAD, SIDEWALK, RAIL_TRACK, BUILDING, SKY = 7, 8, 10, 11, 23
