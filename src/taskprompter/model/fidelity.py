@@ -51,19 +51,22 @@ FIDELITY_OPTIONS: dict[str, Choice] = {
 }
 
 
-def resolve_fidelity(fidelity: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The value of every fidelity option: the fidelity's default unless overridden (``None`` = not overridden)."""
+def resolve_fidelity(fidelity: str, overrides: dict[str, Any], options: dict[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The value of every fidelity option of ``options`` (default: the ViT model's ``FIDELITY_OPTIONS``): the
+    fidelity's default unless overridden (``None`` = not overridden)."""
+    options = FIDELITY_OPTIONS if options is None else options
     if fidelity not in ("official", "paper"):
         raise ConfigError(f"fidelity must be 'official' or 'paper', got {fidelity!r}")
     resolved = {}
-    for name, choice in FIDELITY_OPTIONS.items():
+    for name, choice in options.items():
         value = overrides.get(name)
         if value is None:
             value = getattr(choice, fidelity)
         elif not any(value == a and type(value) is type(a) for a in choice.allowed):  # True is not 1
             raise ConfigError(f"{name} must be one of {choice.allowed}, got {value!r}")
         resolved[name] = value
-    unknown = set(overrides) - set(FIDELITY_OPTIONS)
+    unknown = set(overrides) - set(options)
     if unknown:
         raise ConfigError(f"unknown fidelity option(s) {sorted(unknown)}")
     return resolved

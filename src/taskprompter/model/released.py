@@ -9,7 +9,6 @@ arbitrary objects -- and its keys are mapped onto an official-fidelity TaskPromp
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 
 from torch import Tensor
@@ -18,6 +17,7 @@ from ..errors import CheckpointError
 from .build import build_model
 from .fidelity import FIDELITY_OPTIONS
 from .io import load_state_exactly
+from .keymap import KeyMap
 from .pretrained import read_state_dict
 from .swin import released as swin_released
 from .swin.taskprompter_swin import TaskPrompterSwin
@@ -36,31 +36,15 @@ KEY_MAP: list[tuple[str, str]] = [
 ]
 
 
-def _compile(template: str) -> re.Pattern:
-    rx = re.escape(template)
-    for name, part in (("i", r"\d+"), ("l", r"\d+"), ("t", r"\w+"), ("p", r".+")):
-        rx = rx.replace(re.escape("{" + name + "}"), f"(?P<{name}>{part})")
-    return re.compile(rx + "$")
-
-
-_OURS_TO_RELEASED = [(_compile(ours), rel) for ours, rel in KEY_MAP]
-_RELEASED_TO_OURS = [(_compile(rel), ours) for ours, rel in KEY_MAP]
-
-
-def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str:
-    for rx, template in table:
-        m = rx.match(key)
-        if m:
-            return template.format(**m.groupdict())
-    return key
+_KEYS = KeyMap(KEY_MAP)
 
 
 def to_released_key(key: str) -> str:
-    return _rename(key, _OURS_TO_RELEASED)
+    return _KEYS.to_theirs(key)
 
 
 def from_released_key(key: str) -> str:
-    return _rename(key, _RELEASED_TO_OURS)
+    return _KEYS.to_ours(key)
 
 
 def to_released_state_dict(model: TaskPrompter | TaskPrompterSwin) -> dict[str, Tensor]:

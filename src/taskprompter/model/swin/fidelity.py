@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError
-from ..fidelity import Choice
+from ..fidelity import Choice, resolve_fidelity
 
 SWIN_FIDELITY_OPTIONS: dict[str, Choice] = {
     "decode_affinity": Choice(
@@ -27,17 +26,4 @@ SWIN_FIDELITY_OPTIONS: dict[str, Choice] = {
 
 def resolve_swin_fidelity(fidelity: str, overrides: dict[str, Any]) -> dict[str, Any]:
     """Every option's value: the fidelity's default unless overridden (``None`` = not overridden)."""
-    if fidelity not in ("official", "paper"):
-        raise ConfigError(f"fidelity must be 'official' or 'paper', got {fidelity!r}")
-    unknown = set(overrides) - set(SWIN_FIDELITY_OPTIONS)
-    if unknown:
-        raise ConfigError(f"unknown Swin fidelity option(s) {sorted(unknown)}")
-    resolved = {}
-    for name, choice in SWIN_FIDELITY_OPTIONS.items():
-        value = overrides.get(name)
-        if value is None:
-            value = getattr(choice, fidelity)
-        elif not any(value == a and type(value) is type(a) for a in choice.allowed):  # True is not 1
-            raise ConfigError(f"{name} must be one of {choice.allowed}, got {value!r}")
-        resolved[name] = value
-    return resolved
+    return resolve_fidelity(fidelity, overrides, SWIN_FIDELITY_OPTIONS)

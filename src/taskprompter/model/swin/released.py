@@ -12,7 +12,6 @@ model without the 3ddet task reports them as unused.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections.abc import Mapping
 
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from ...errors import CheckpointError
 from ..io import load_state_exactly
+from ..keymap import KeyMap
 from ..pretrained import read_state_dict
 from .fidelity import SWIN_FIDELITY_OPTIONS
 from .taskprompter_swin import TaskPrompterSwin
@@ -47,31 +47,15 @@ BUFFERS = ("relative_position_index", "attn_mask")  # derived buffers the releas
 DETECTION_HEAD = "heads.3ddet."  # the detector's keys: loaded as they are; unused by a model without 3ddet
 
 
-def _compile(template: str) -> re.Pattern:
-    rx = re.escape(template)
-    for name, part in (("l", r"\d+"), ("t", r"\w+"), ("p", r".+")):
-        rx = rx.replace(re.escape("{" + name + "}"), f"(?P<{name}>{part})")
-    return re.compile(rx + "$")
-
-
-_OURS_TO_RELEASED = [(_compile(ours), released) for ours, released in KEY_MAP]
-_RELEASED_TO_OURS = [(_compile(released), ours) for ours, released in KEY_MAP]
-
-
-def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str:
-    for rx, template in table:
-        m = rx.match(key)
-        if m:
-            return template.format(**m.groupdict())
-    return key
+_KEYS = KeyMap(KEY_MAP)
 
 
 def to_released_key(key: str) -> str:
-    return _rename(key, _OURS_TO_RELEASED)
+    return _KEYS.to_theirs(key)
 
 
 def from_released_key(key: str) -> str:
-    return _rename(key, _RELEASED_TO_OURS)
+    return _KEYS.to_ours(key)
 
 
 def released_buffers(model: TaskPrompterSwin) -> dict[str, Tensor]:
