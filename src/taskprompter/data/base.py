@@ -102,10 +102,15 @@ class TaskDataset(Dataset):
         raw: Sample = {"image": image}
         for task in self.tasks:
             value = self.load_task(task, sample_id)
-            check_shape(value, image_hw=image.shape[:2], task=task, path=self.task_path(task, sample_id))
+            self.check_value(task, value, image.shape[:2], sample_id)
             raw[task] = value
         raw["meta"] = new_meta(sample_id, image.shape[:2])
         return raw
+
+    def check_value(self, task: str, value: Any, image_hw: tuple[int, int], sample_id: str) -> None:
+        """Raise a DataError naming the file if a loaded label does not fit its image (default: a map of the image's
+        size; readers with other kinds of labels, e.g. 3-D boxes, override this)."""
+        check_shape(value, image_hw=image_hw, task=task, path=self.task_path(task, sample_id))
 
     def task_path(self, task: str, sample_id: str) -> Path:
         """The file a task's label comes from (for messages)."""
@@ -134,7 +139,7 @@ class TaskDataset(Dataset):
             try:
                 value = self.load_task(task, sample_id)
                 if image_hw is not None:
-                    check_shape(value, image_hw=image_hw, task=task, path=self.task_path(task, sample_id))
+                    self.check_value(task, value, image_hw, sample_id)
             except DataError as err:
                 found.append(str(err))
         return found

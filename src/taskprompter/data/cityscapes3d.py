@@ -31,7 +31,7 @@ from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
 from .fileio import header_size, read_image, read_label_png
 from .geometry import EULER_MODES, Camera, amodal_boxes, boxes_to_sensor, sensor_corners, xywh_to_xyxy
-from .sample import Sample, check_shape, new_meta
+from .sample import Sample, check_shape
 
 NUM_LABEL_IDS = 34  # Cityscapes labelIds 0..33 (license plate, -1, is never stored in a labelIds PNG)
 RAIL_TRACK_ID = 10
@@ -284,7 +284,7 @@ class Cityscapes3D(TaskDataset):
             raise DataError(f"{self.task_path('3ddet', sample_id)}: 3ddet: {err}") from err
 
     # -- samples ------------------------------------------------------------------------------------------
-    def _check(self, task: str, value: Any, image_hw: tuple[int, int], sample_id: str) -> None:
+    def check_value(self, task: str, value: Any, image_hw: tuple[int, int], sample_id: str) -> None:
         path = self.task_path(task, sample_id)
         if task != "3ddet":
             check_shape(value, image_hw=image_hw, task=task, path=path)
@@ -295,35 +295,10 @@ class Cityscapes3D(TaskDataset):
 
     def load_raw(self, index: int) -> Sample:
         """Read sample ``index``; with 3ddet enabled, ``meta["camera"]`` holds the JSON's ``sensor`` block."""
-        sample_id = self.ids[index]
-        image = self.load_image(sample_id)
-        raw: Sample = {"image": image}
-        for task in self.tasks:
-            value = self.load_task(task, sample_id)
-            self._check(task, value, image.shape[:2], sample_id)
-            raw[task] = value
-        raw["meta"] = new_meta(sample_id, image.shape[:2])
+        raw = super().load_raw(index)
         if "3ddet" in raw:
             raw["meta"]["camera"] = record_camera(raw["3ddet"]).to_json()
         return raw
-
-    def problems(self, index: int) -> list[str]:
-        """Every problem of sample ``index`` (all tasks are tried, not only the first failure)."""
-        sample_id = self.ids[index]
-        found: list[str] = []
-        image_hw = None
-        try:
-            image_hw = self.load_image(sample_id).shape[:2]
-        except DataError as err:
-            found.append(str(err))
-        for task in self.tasks:
-            try:
-                value = self.load_task(task, sample_id)
-                if image_hw is not None:
-                    self._check(task, value, image_hw, sample_id)
-            except DataError as err:
-                found.append(str(err))
-        return found
 
     def check_headers(self, index: int) -> list[str]:
         """The PNG headers (`TaskDataset.check_headers`) and, with 3ddet, the JSON: present, parseable, its image
