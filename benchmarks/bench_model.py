@@ -39,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(SUITE), default=["A", "C", "tasks", "tokens"])
     parser.add_argument("--threads", type=int, help="torch threads for every run")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--amp", default="none", choices=["none", "bf16"])
+    parser.add_argument("--amp", help="the verb's --amp, e.g. off,bf16 (default: off, plus bf16 where the device "
+                        "multiplies bf16 natively)")
+    parser.add_argument("--compile", action="store_true", help="also the efficient path through torch.compile")
     parser.add_argument("--csv", help="CSV for all rows (default: benchmarks/results/<device>-<torch>-<date>.csv)")
     args = parser.parse_args(argv)
-    common = ["--device", args.device, "--amp", args.amp]
+    common = ["--device", args.device] + (["--amp", args.amp] if args.amp else []) + \
+        (["--compile"] if args.compile else [])
     if args.threads:
         common += ["--threads", str(args.threads)]
     if args.csv:

@@ -49,7 +49,8 @@ def test_the_released_pipeline_and_loss_weights(root, tmp_path):
 
 
 def test_training_lowers_both_losses_and_eval_and_predict_work(root, tmp_path, monkeypatch):
-    cfg = _cfg(root, tmp_path / "run", "data.tasks=[semseg, depth]", "optim.max_iters=40", "train.log_every=1", "train.checkpoint_every=100",
+    cfg = _cfg(root, tmp_path / "run", "data.tasks=[semseg, depth]", "optim.max_iters=40", "train.log_every=1",
+               "train.checkpoint_every=100",
                "optim.schedule=constant", "optim.warmup_iters=0", "train.batch_size=2", "optim.lr=2e-3")
     monkeypatch.setattr(StepBatches, "_index", lambda self, position: position % 2)  # samples 0-1 every step
     result = train(cfg)

@@ -1,12 +1,15 @@
 """What `taskprompter bench` measures, one configuration at a time: the configuration (``BenchConfig``) and its model,
-forward MACs, a runner for one training step or inference, the parity gate between the efficient and the naive path,
-interleaved timing, peak memory (CUDA allocator, or a fresh subprocess's resident set on the CPU), the dense matmul
-rate the achieved rate is compared with, and the machine's and device's names. The groups of a run are in
+forward MACs, a runner for one training step or inference (fp32 or bf16 autocast, eager or ``torch.compile``), the
+parity gate between the efficient and the naive path and the parity of each precision / compile variant against the
+fp32 eager efficient path, interleaved timing (compilation in the warm-up, reported apart), peak memory (CUDA
+allocator, or a fresh subprocess's resident set on the CPU), the dense fp32 and bf16 matmul rates the achieved rate is
+compared with, the device's bf16 capability record, and the machine's and device's names. The groups of a run are in
 ``suite.py``, the CSV rows in ``results.py``; arguments and printing in ``taskprompter.cli.bench``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,12 +17,14 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..engine import precision
 from ..errors import ConfigError
 from ..model.build import preset_kwargs
 from ..model.profile import profile_model
@@ -27,6 +32,23 @@ from ..model.taskprompter import TaskPrompter
 
 PARITY_TOL = 1e-3  # max |efficient - naive| / max |naive|, per output and per gradient tensor
 GRAD_FLOOR = 1e-2
+# A precision / compile variant against the fp32 eager efficient path (outputs, gradients): fp32 (compiled) as the
+# gate; bf16 (8 significant bits, unit roundoff 3.9e-3) a few roundoffs through the network -- measured on the tiny
+# model and config C: outputs 0.6-1.4e-2, gradients <= 4e-2 (docs/performance.md)
+VARIANT_TOL = {"off": {"outputs": PARITY_TOL, "gradients": PARITY_TOL}, "bf16": {"outputs": 5e-2, "gradients": 0.15}}
+AMPS = ("off", "bf16")
+# torch.compile's backend for the compiled variants; tests pass "aot_eager" (graph capture and AOTAutograd without
+# inductor's C++ code generation)
+COMPILE_BACKEND = "inductor"
+RECOMPILE_LIMIT = 64  # dynamo's per-function cache (train / eval, fp32 / bf16, parity models): never fall back to eager
+
+
+def canonical_bench_amp(value: str) -> str:
+    """off | bf16 ("none", the earlier name of off, is read as off)."""
+    amp = {"none": "off", "fp32": "off"}.get(value, value)
+    if amp not in AMPS:
+        raise ConfigError(f"--amp {value!r}: the bench times {' and '.join(AMPS)} (fp16 is not benchmarked)")
+    return amp
 
 
 @dataclass(frozen=True)
@@ -40,17 +62,49 @@ class BenchConfig:
     grad_checkpointing: bool = False
     recompute: str = "auto"  # the efficient path's selective_recompute: auto | on | off
     device: str = "cpu"
-    amp: str = "none"  # none | bf16 (CUDA; applied to the efficient path only: naive stays the fp32 reference)
+    amp: str = "off"  # off | bf16: bf16 autocast on the CPU or CUDA ("none" is read as off)
+    compile: bool = False  # the model through torch.compile (compiled in the warm-up, timed apart)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "amp", canonical_bench_amp(self.amp))
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.impl, self.grad_checkpointing, self.recompute, self.amp, self.compile)
 
     @property
     def label(self) -> str:
-        return f"{variant_name(self.impl, self.grad_checkpointing, self.recompute)}/{self.mode}"
+        return f"{self.variant}/{self.mode}"
 
 
-def variant_name(impl: str, grad_ckpt: bool, recompute: str) -> str:
-    """efficient, efficient+ckpt, efficient+rc-off, naive, ..."""
-    return impl + ("+ckpt" if grad_ckpt else "") + (f"+rc-{recompute}" if impl == "efficient" and
-                                                    recompute != "auto" else "")
+def variant_name(impl: str, grad_ckpt: bool, recompute: str, amp: str = "off", compile: bool = False) -> str:
+    """efficient, efficient+ckpt, efficient+rc-off, naive, efficient+bf16, efficient+compile, efficient+bf16+compile,
+    efficient+ckpt+bf16, ..."""
+    return (impl + ("+ckpt" if grad_ckpt else "")
+            + (f"+rc-{recompute}" if impl == "efficient" and recompute not in ("auto", "-") else "")
+            + ("+bf16" if canonical_bench_amp(amp) == "bf16" else "") + ("+compile" if compile else ""))
+
+
+def default_amps(device: str) -> list[str]:
+    """off, plus bf16 where the device multiplies bf16 natively (what ``train.amp=auto`` chooses there)."""
+    chosen = precision.choose_precision("auto", device, option="--amp")
+    return ["off"] + (["bf16"] if chosen.dtype == torch.bfloat16 else [])
+
+
+def capability_record(device: str) -> dict[str, str]:
+    """The device's bf16 capability (``engine/precision.py``) as the header's fields: its name, native bf16 and the
+    evidence; on the CPU the bf16 flags of /proc/cpuinfo, on CUDA torch's bf16 support."""
+    caps = precision.device_capabilities(device)
+    record = {"device_model": caps.name, "native_bf16": "yes" if caps.native_bf16 else "no",
+              "bf16_evidence": caps.evidence,
+              "amp_auto": precision.choose_precision("auto", device, option="--amp").name}
+    if caps.device == "cpu":
+        flags = precision.cpuinfo_flags()
+        record["cpu_bf16_flags"] = ("unknown" if flags is None else
+                                    " ".join(f for f in precision.CPU_BF16_FLAGS if f in flags) or "none")
+    elif caps.device == "cuda":
+        record["cuda_bf16"] = "yes" if torch.cuda.is_bf16_supported() else "no"
+    return record
 
 
 def model_kwargs(cfg: BenchConfig) -> dict[str, Any]:
@@ -102,35 +156,55 @@ def matmul_rate(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int 
 
 
 def bench_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum of the outputs' means, in fp32 (as the library's losses cast the logits)."""
     return sum(o.float().mean() for o in outputs.values())
 
 
-class Runner:
-    """One model, its optimiser and a fixed input batch; ``step()`` runs one training step or one inference."""
+def amp_context(cfg: BenchConfig) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the configuration's device type for amp=bf16; a disabled autocast for off."""
+    return torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
 
-    def __init__(self, cfg: BenchConfig, model: torch.nn.Module | None = None, seed: int = 0) -> None:
+
+def compile_model(model: torch.nn.Module, backend: str | None = None) -> Callable:
+    """``torch.compile(model)`` with the bench's backend (``COMPILE_BACKEND`` unless given); compiled lazily by the
+    first call."""
+    return torch.compile(model, backend=backend or COMPILE_BACKEND)
+
+
+class Runner:
+    """One model, its optimiser and a fixed input batch; ``step()`` runs one training step or one inference, under
+    bf16 autocast for amp=bf16 (the loss in fp32) and through ``torch.compile`` for compile=True (the wrapper is made
+    here; dynamo and the backend compile in the first steps, which ``time_interleaved`` counts as ``compile_s``)."""
+
+    def __init__(self, cfg: BenchConfig, model: torch.nn.Module | None = None, seed: int = 0,
+                 backend: str | None = None) -> None:
         self.cfg = cfg
         self.model = model if model is not None else build(cfg, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         self.images = torch.randn(cfg.batch, 3, *self.model.img_size, generator=gen).to(cfg.device)
         # tiny lr: weights stay sane; fused, as the trainer's default (the same optimiser for both paths)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-6, fused=True)
-        self.autocast = cfg.amp == "bf16" and cfg.impl == "efficient"
+        self.autocast = cfg.amp == "bf16"
+        self.compiled = compile_model(self.model, backend) if cfg.compile else None
+        self.compile_s: float | None = None  # set by time_interleaved for a compiled runner
+        self.recompiles_timed: int | None = None  # graphs compiled during the timed rounds (time_interleaved)
 
-    def step(self) -> None:
+    def step(self) -> torch.Tensor | None:
+        """One training step (returns the detached fp32 loss) or one inference (returns None)."""
         model = self.model
-        amp = torch.autocast(self.cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=self.autocast)
+        forward = self.compiled if self.compiled is not None else model
         if self.cfg.mode == "train":
             model.train()
             self.optimizer.zero_grad(set_to_none=True)
-            with amp:
-                loss = bench_loss(model(self.images))
+            with amp_context(self.cfg):
+                loss = bench_loss(forward(self.images))
             loss.backward()
             self.optimizer.step()
-        else:
-            model.eval()
-            with torch.inference_mode(), amp:
-                model(self.images)
+            return loss.detach()
+        model.eval()
+        with torch.inference_mode(), amp_context(self.cfg):
+            forward(self.images)
+        return None
 
 
 # ------------------------------------------------------------------------------------------------- parity
@@ -147,8 +221,8 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def check_parity(cfg: BenchConfig, seed: int = 0) -> dict[str, float]:
     """Both paths with the same weights on the same images: the largest relative error over the eval outputs, over
     the train-mode outputs and over the gradients of ``bench_loss`` (fp32, dropout paths seeded alike)."""
-    eff = build(replace(cfg, impl="efficient", grad_checkpointing=False, amp="none"), seed)
-    naive = build(replace(cfg, impl="naive", grad_checkpointing=False, amp="none"), seed)
+    eff = build(replace(cfg, impl="efficient", grad_checkpointing=False, amp="off", compile=False), seed)
+    naive = build(replace(cfg, impl="naive", grad_checkpointing=False, amp="off", compile=False), seed)
     naive.load_state_dict(eff.state_dict())
     gen = torch.Generator().manual_seed(seed + 2)
     images = torch.randn(min(cfg.batch, 2), 3, *eff.img_size, generator=gen).to(cfg.device)
@@ -162,44 +236,113 @@ def check_parity(cfg: BenchConfig, seed: int = 0) -> dict[str, float]:
         outs[name] = model.train()(images)
         bench_loss(outs[name]).backward()
     errors["train_outputs"] = max(relative_error(outs["efficient"][t], outs["naive"][t]) for t in outs["naive"])
-    grads_n = dict(naive.named_parameters())
-    pairs = [(p.grad, grads_n[n].grad) for n, p in eff.named_parameters()
-             if p.grad is not None and grads_n[n].grad is not None]
-    # gradients that are zero in exact arithmetic (a conv bias before BatchNorm) hold only rounding noise: each
-    # tensor is compared at least at GRAD_FLOOR x the largest gradient of the model
+    errors["gradients"] = gradient_error(eff, naive)
+    return errors
+
+
+def gradient_error(model: torch.nn.Module, reference: torch.nn.Module) -> float:
+    """The largest per-tensor max |g - g_ref| / max |g_ref| over the parameters, each tensor compared at least at
+    GRAD_FLOOR x the largest reference gradient (gradients that are zero in exact arithmetic -- a conv bias before
+    BatchNorm -- hold only rounding noise); inf when one model has a gradient the other lacks."""
+    grads_r = dict(reference.named_parameters())
+    pairs = [(p.grad, grads_r[n].grad) for n, p in model.named_parameters()
+             if p.grad is not None and grads_r[n].grad is not None]
+    if any((p.grad is None) != (grads_r[n].grad is None) for n, p in model.named_parameters()) or not pairs:
+        return math.inf
     floor = GRAD_FLOOR * max(b.abs().max().item() for _, b in pairs)
-    errors["gradients"] = max((a - b).abs().max().item() / max(b.abs().max().item(), floor, 1e-30) for a, b in pairs)
-    missing = [n for n, p in eff.named_parameters() if (p.grad is None) != (grads_n[n].grad is None)]
-    if missing:
-        errors["gradients"] = math.inf
+    return max((a.float() - b.float()).abs().max().item() / max(b.abs().max().item(), floor, 1e-30)
+               for a, b in pairs)
+
+
+def check_variant_parity(cfg: BenchConfig, seed: int = 0, backend: str | None = None,
+                         modes: tuple[str, ...] = ("train", "infer")) -> dict[str, float]:
+    """A precision / compile variant (``cfg``: its amp, compile, grad_checkpointing, recompute) against the fp32 eager
+    efficient path with the same weights on the same images (``cfg.batch`` of them: a compiled variant runs the
+    shapes it was timed with): the largest relative error over the eval outputs (inference mode; "infer" in
+    ``modes``), the train-mode outputs and the gradients of ``bench_loss`` ("train" in ``modes``). Drop-path is off in
+    both (a compiled graph draws its own random numbers), so the errors are the arithmetic's alone."""
+    ref_cfg = replace(cfg, impl="efficient", grad_checkpointing=False, recompute="auto", amp="off", compile=False)
+    torch.manual_seed(seed)
+    reference = TaskPrompter(**{**model_kwargs(ref_cfg), "drop_path_rate": 0.0}).to(cfg.device)
+    variant = TaskPrompter(**{**model_kwargs(cfg), "drop_path_rate": 0.0}).to(cfg.device)
+    variant.load_state_dict(reference.state_dict())
+    forward = compile_model(variant, backend) if cfg.compile else variant
+    gen = torch.Generator().manual_seed(seed + 2)
+    images = torch.randn(cfg.batch, 3, *reference.img_size, generator=gen).to(cfg.device)
+    errors = {}
+    if "infer" in modes:
+        variant.eval()
+        with torch.inference_mode():
+            a = reference.eval()(images)
+            with amp_context(cfg):
+                b = forward(images)
+        errors["eval_outputs"] = max(relative_error(b[t], a[t]) for t in a)
+    if "train" in modes:
+        ref_out = reference.train()(images)
+        bench_loss(ref_out).backward()
+        variant.train()
+        with amp_context(cfg):
+            out = forward(images)
+            loss = bench_loss(out)
+        loss.backward()
+        errors["train_outputs"] = max(relative_error(out[t], ref_out[t]) for t in ref_out)
+        errors["gradients"] = gradient_error(variant, reference)
     return errors
 
 
 # ------------------------------------------------------------------------------------------------- timing
 
 
-def time_interleaved(runners: list[Runner], *, repeats: int, warmup: int, min_time: float) -> list[list[float]]:
+COMPILED_WARMUP = 3  # warm-up steps of a compiled runner at least: compilation, a possible recompile, a steady step
+
+
+def graphs_compiled() -> int:
+    """How many graphs dynamo has compiled in this process (its counters; 0 where this torch lacks them)."""
+    try:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+    except Exception:  # a private counter that moved: no recompile detection
+        return 0
+
+
+def time_interleaved(runners: list[Runner], *, repeats: int, warmup: int, min_time: float,
+                     clock: Callable[[], float] = time.perf_counter) -> list[list[float]]:
     """Seconds per step of every runner, ``repeats`` rounds; in each round every runner runs in turn (so slow drifts
-    of the machine hit all alike). Iterations per round are chosen from the warm-up so a round lasts ~min_time."""
+    of the machine hit all alike). Iterations per round are chosen from the warm-up so a round lasts ~min_time.
+
+    A compiled runner (``cfg.compile``) compiles in its warm-up (at least ``COMPILED_WARMUP`` steps): its
+    ``compile_s`` is the warm-up's time beyond that many steady steps (the fastest warm-up step), i.e. dynamo's
+    tracing and the backend's compilation of the forward (and, training, the backward); the timed rounds start after
+    it. Graphs compiled during the timed rounds (a recompile) are counted into each compiled runner's
+    ``recompiles_timed`` (expected 0)."""
     iters = []
     for r in runners:
-        dt = 0.0
-        for _ in range(max(warmup, 1)):
+        compiled = bool(getattr(r.cfg, "compile", False))
+        dts = []
+        for _ in range(max(warmup, COMPILED_WARMUP if compiled else 1)):
             synchronize(r.cfg.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             r.step()
             synchronize(r.cfg.device)
-            dt = time.perf_counter() - t0
-        iters.append(max(1, math.ceil(min_time / max(dt, 1e-6))))
+            dts.append(clock() - t0)
+        if compiled:
+            r.compile_s = sum(dts) - len(dts) * min(dts)
+        iters.append(max(1, math.ceil(min_time / max(min(dts) if compiled else dts[-1], 1e-6))))
+    graphs = graphs_compiled()
     times: list[list[float]] = [[] for _ in runners]
     for _ in range(repeats):
         for i, r in enumerate(runners):
             synchronize(r.cfg.device)
-            t0 = time.perf_counter()
+            t0 = clock()
             for _ in range(iters[i]):
                 r.step()
             synchronize(r.cfg.device)
-            times[i].append((time.perf_counter() - t0) / iters[i])
+            times[i].append((clock() - t0) / iters[i])
+    recompiled = graphs_compiled() - graphs
+    for r in runners:
+        if getattr(r.cfg, "compile", False):
+            r.recompiles_timed = recompiled
     return times
 
 
@@ -223,9 +366,12 @@ def memory_child(spec: dict[str, Any]) -> None:
     import resource
 
     torch.set_num_threads(int(spec.pop("threads")))
+    backend = spec.pop("backend", None)
     cfg = BenchConfig(**{**spec, "img_size": tuple(spec["img_size"]) if spec["img_size"] else None})
-    runner = Runner(cfg)
-    runner.step()  # allocates the optimiser state; the first step's transients are then returned (mmap threshold)
+    runner = Runner(cfg, backend=backend)
+    runner.step()  # allocates the optimiser state (and compiles); the first step's transients are then returned
+    if cfg.compile:
+        runner.step()  # a recompile on the second call stays out of the measured step too
     runner.optimizer.zero_grad(set_to_none=True)
     gc.collect()
     base = _status_kib("VmRSS")
@@ -241,12 +387,14 @@ def memory_child(spec: dict[str, Any]) -> None:
                       "step_mib": (peak - (base or 0)) / 1024, "exact": exact}))
 
 
-def measure_memory(cfg: BenchConfig) -> dict[str, float]:
+def measure_memory(cfg: BenchConfig, backend: str | None = None) -> dict[str, float]:
     """Peak memory of one training step or inference: {peak_mib, base_mib, step_mib} (see the docstring of
-    ``taskprompter.bench``)."""
+    ``taskprompter.cli.bench``); a compiled configuration after its compilation."""
     if cfg.device.startswith("cuda"):
-        runner = Runner(cfg)
+        runner = Runner(cfg, backend=backend)
         runner.step()
+        if cfg.compile:
+            runner.step()
         runner.optimizer.zero_grad(set_to_none=True)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -257,7 +405,7 @@ def measure_memory(cfg: BenchConfig) -> dict[str, float]:
         del runner
         torch.cuda.empty_cache()
         return {"peak_mib": peak / 2 ** 20, "base_mib": base / 2 ** 20, "step_mib": (peak - base) / 2 ** 20}
-    spec = {**asdict(cfg), "threads": torch.get_num_threads()}
+    spec = {**asdict(cfg), "threads": torch.get_num_threads(), "backend": backend or COMPILE_BACKEND}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     code = ("import json, sys; from taskprompter.bench.measure import memory_child; "

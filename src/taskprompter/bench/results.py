@@ -1,5 +1,6 @@
 """The CSV rows of `taskprompter bench`: one row per measured configuration (``summarize``), the ratios against the
-naive row of the same configuration (``add_ratios``), and appending them to a results file (``write_csv``)."""
+fp32 naive row (and the fp32 eager efficient row) of the same configuration (``add_ratios``), and appending them to a
+results file, the run's header (machine, device capability, fp32 and bf16 matmul rates) in every row (``write_csv``)."""
 
 from __future__ import annotations
 
@@ -23,15 +24,15 @@ def default_csv_path(device: str, root: str | os.PathLike = "benchmarks/results"
 
 def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memory: dict[str, float] | None,
               sweep: str) -> dict[str, Any]:
-    """One CSV row."""
+    """One CSV row; ``rate``: the dense matmul rate of the row's precision (fp32, or bf16 for an amp=bf16 row)."""
     med = statistics.median(times)
     mult = 3 if cfg.mode == "train" else 1  # backward ~ 2x forward
     achieved = mult * macs * cfg.batch / med
     H, W = cfg.img_size or model_kwargs(cfg)["img_size"]
     row = {
-        "sweep": sweep, "preset": cfg.preset, "impl": cfg.impl, "mode": cfg.mode,
+        "sweep": sweep, "preset": cfg.preset, "variant": cfg.variant, "impl": cfg.impl, "mode": cfg.mode,
         "grad_ckpt": int(cfg.grad_checkpointing), "recompute": cfg.recompute if cfg.impl == "efficient" else "-",
-        "amp": cfg.amp if cfg.impl == "efficient" else "none",
+        "amp": cfg.amp, "compile": int(cfg.compile),
         "tasks": len(model_kwargs(cfg)["tasks"]), "img_h": H, "img_w": W, "tokens": (H // 16) * (W // 16),
         "batch": cfg.batch, "repeats": len(times), "sec_per_step": med, "sec_min": min(times), "sec_max": max(times),
         "spread_pct": 100 * (max(times) - min(times)) / med, "img_per_s": cfg.batch / med, "latency_ms": 1e3 * med,
@@ -44,17 +45,30 @@ def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memo
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """speedup (naive time / this time) and memory ratios against the naive row of the same configuration."""
+    """Ratios against rows of the same configuration (sweep, preset, mode, tasks, size, batch):
+    ``speedup_vs_naive_fp32`` (the fp32 naive row's time / this time: the naive path, always fp32 eager, stands in for
+    the released structure), ``speedup_vs_efficient_fp32`` (against the fp32 eager efficient row: what bf16 or
+    compilation buys alone), the memory ratios against the naive row, and for a memory variant (grad_checkpointing, a
+    recompute mode) ``time_vs_plain``, against the efficient row of the same precision and compilation."""
     key = ("sweep", "preset", "mode", "tasks", "img_h", "img_w", "batch")
-    naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive"}
-    plain = {tuple(r[k] for k in key): r for r in rows
-             if r["impl"] == "efficient" and not r.get("grad_ckpt") and r.get("recompute", "auto") == "auto"}
+
+    def prec(r: dict[str, Any]) -> tuple:
+        return r.get("amp", "off"), int(r.get("compile", 0))
+
+    def memory_variant(r: dict[str, Any]) -> bool:
+        return bool(r.get("grad_ckpt")) or r.get("recompute", "auto") not in ("auto", "-")
+
+    naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive" and prec(r) == ("off", 0)}
+    plain = {(tuple(r[k] for k in key), prec(r)): r for r in rows if r["impl"] == "efficient" and not memory_variant(r)}
     for r in rows:
-        ref = naive.get(tuple(r[k] for k in key))
-        r["speedup_vs_naive"] = ref["sec_per_step"] / r["sec_per_step"] if ref else float("nan")
-        variant = r.get("grad_ckpt") or r.get("recompute", "auto") not in ("auto", "-")
-        if variant and tuple(r[k] for k in key) in plain:  # the price (or gain) of the memory setting
-            r["time_vs_plain"] = r["sec_per_step"] / plain[tuple(r[k] for k in key)]["sec_per_step"]
+        k = tuple(r[f] for f in key)
+        ref = naive.get(k)
+        r["speedup_vs_naive_fp32"] = ref["sec_per_step"] / r["sec_per_step"] if ref else float("nan")
+        eff = plain.get((k, ("off", 0)))
+        if r["impl"] == "efficient":
+            r["speedup_vs_efficient_fp32"] = eff["sec_per_step"] / r["sec_per_step"] if eff else float("nan")
+        if memory_variant(r) and (k, prec(r)) in plain:  # the price (or gain) of the memory setting
+            r["time_vs_plain"] = r["sec_per_step"] / plain[(k, prec(r))]["sec_per_step"]
         for m in ("peak_mib", "step_mib"):
             if ref and m in r and m in ref:
                 r[f"{m.split('_')[0]}_ratio"] = r[m] / ref[m]
@@ -81,8 +95,9 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     return path
 
 
-COLUMNS = ["sweep", "preset", "impl", "mode", "grad_ckpt", "recompute", "amp", "tasks", "img_h", "img_w", "tokens",
-            "batch",
-            "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s", "latency_ms", "gmacs_per_img",
-            "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct", "speedup_vs_naive", "time_vs_plain", "peak_mib",
-            "step_mib", "peak_ratio", "step_ratio", "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
+COLUMNS = ["sweep", "preset", "variant", "impl", "mode", "grad_ckpt", "recompute", "amp", "compile", "tasks", "img_h",
+           "img_w", "tokens", "batch", "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s",
+           "latency_ms", "compile_s", "gmacs_per_img", "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct",
+           "speedup_vs_naive_fp32", "speedup_vs_efficient_fp32", "time_vs_plain", "parity_outputs",
+           "parity_gradients", "parity_ok", "peak_mib", "step_mib", "peak_ratio", "step_ratio", "paper_params_m",
+           "paper_gmacs", "vitl_params_m", "vitl_gmacs"]

@@ -1,9 +1,12 @@
-"""The groups of one `taskprompter bench` run: which configurations are timed together (``plan_groups``), timing
-them interleaved with their memory measured after (``bench_group``), an operator profile per configuration, and
-the paper's Table 8 beside the task sweep."""
+"""The groups of one `taskprompter bench` run: which configurations are timed together (``plan_groups``: fp32 naive
+and efficient, bf16, compiled, the memory variants), timing them interleaved with the variants' parity and their
+memory measured after (``bench_group``), an operator profile per configuration, and the paper's Table 8 beside the
+task sweep."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,19 @@ import torch
 from ..model.build import PRESETS
 from ..model.profile import profile_model
 from ..model.taskprompter import TaskPrompter
-from .measure import BenchConfig, Runner, macs_per_image, measure_memory, model_kwargs, synchronize, time_interleaved
+from .measure import (
+    RECOMPILE_LIMIT,
+    VARIANT_TOL,
+    BenchConfig,
+    Runner,
+    canonical_bench_amp,
+    check_variant_parity,
+    macs_per_image,
+    measure_memory,
+    model_kwargs,
+    synchronize,
+    time_interleaved,
+)
 from .results import summarize
 
 # Paper Table 8 (ViT-L, PASCAL-Context, 512x512): parameters (M) and "FLOPs" (= MACs, G) for 1..5 tasks.
@@ -21,9 +36,14 @@ PAPER_TABLE8 = {1: (364, 389), 2: (373, 416), 3: (383, 443), 4: (392, 470), 5: (
 
 
 def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", sizes: list[int] = (),
-                grad_ckpt: bool = False, recompute: list[str] = ()) -> list[tuple[str, list[BenchConfig]]]:
-    """(sweep name, configurations) per group: both paths in every mode, plus the checkpointed and recompute
-    variants of the efficient training step; one group per task count or input size for a sweep."""
+                grad_ckpt: bool = False, recompute: list[str] = (), amps: list[str] = ("off",),
+                compile: bool = False) -> list[tuple[str, list[BenchConfig]]]:
+    """(sweep name, configurations) per group; one group per task count or input size for a sweep. In every mode:
+    the efficient and the naive path in fp32 eager (the naive one is the released structure's stand-in every ratio
+    is taken against), the efficient path in each further precision of ``amps`` (bf16), and with ``compile`` the
+    efficient path compiled in each precision; then the training step's memory variants: grad_checkpointing (in each
+    precision) and the selective-recompute modes (fp32)."""
+    precisions = ["off"] + [a for a in dict.fromkeys(canonical_bench_amp(a) for a in amps) if a != "off"]
     if sweep == "tasks":
         total = len(model_kwargs(base)["tasks"]) if base.tasks is None else base.tasks
         variants = [("tasks", replace(base, tasks=n)) for n in range(1, total + 1)]
@@ -33,39 +53,101 @@ def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", siz
         variants = [("main", base)]
     groups = []
     for name, cfg in variants:
-        cfgs = [replace(cfg, impl=impl, mode=mode) for mode in modes for impl in ("efficient", "naive")]
+        cfg = replace(cfg, impl="efficient", amp="off", compile=False, grad_checkpointing=False, recompute="auto")
+        cfgs = []
+        for mode in modes:
+            cfgs += [replace(cfg, mode=mode), replace(cfg, impl="naive", mode=mode)]
+            cfgs += [replace(cfg, mode=mode, amp=a) for a in precisions[1:]]
+            if compile:
+                cfgs += [replace(cfg, mode=mode, amp=a, compile=True) for a in precisions]
         if grad_ckpt and "train" in modes:
-            cfgs.append(replace(cfg, impl="efficient", mode="train", grad_checkpointing=True))
+            cfgs += [replace(cfg, mode="train", grad_checkpointing=True, amp=a) for a in precisions]
         if "train" in modes:
-            cfgs += [replace(cfg, impl="efficient", mode="train", recompute=m) for m in recompute]
+            cfgs += [replace(cfg, mode="train", recompute=m) for m in recompute]
         groups.append((name, cfgs))
     return groups
 
 
-def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time: float, memory: bool, rate: float,
-                sweep: str, profile_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Time ``cfgs`` interleaved (train and infer of one path share the model), then measure each one's memory."""
+def is_variant(cfg: BenchConfig) -> bool:
+    """A precision or compile variant: checked against the fp32 eager efficient path (``check_variant_parity``)."""
+    return cfg.amp != "off" or cfg.compile
+
+
+@contextlib.contextmanager
+def dynamo_cache(enabled: bool) -> Iterator[None]:
+    """A fresh dynamo cache for a group with compiled configurations, with room for all of its graphs (train / eval,
+    fp32 / bf16, the parity models): a group never runs a compiled variant eagerly because the cache was full."""
+    if not enabled:
+        yield
+        return
+    torch._dynamo.reset()
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    with torch._dynamo.config.patch(**{name: max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT)}):
+        yield
+
+
+def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time: float, memory: bool,
+                rate: float | dict[str, float], sweep: str, profile_dir: Path | None = None,
+                backend: str | None = None, parity: bool = True) -> list[dict[str, Any]]:
+    """Time ``cfgs`` interleaved (train and infer of one path, and its precision / compile variants, share the model;
+    compiled ones compile in their warm-up, reported as ``compile_s``), then check each precision / compile variant
+    against the fp32 eager efficient path (after the timing, so that the timed compilation is a first one), then
+    measure each one's memory. ``rate``: the dense matmul rate of each precision ({"off": fp32, "bf16": bf16}; one
+    number: the same for all), the row's share of the matmul rate is of its precision's."""
+    rates = rate if isinstance(rate, dict) else {"off": rate, "bf16": rate}
     models: dict[tuple, torch.nn.Module] = {}
     runners = []
-    for c in cfgs:
-        key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size)
-        runners.append(Runner(c, model=models.get(key)))
-        if key not in models:
-            models[key] = runners[-1].model
-            if c.impl == "naive":  # the same weights as the efficient model, when it exists
-                twin = models.get(("efficient", False, "auto", c.tasks, c.img_size))
-                if twin is not None:
-                    runners[-1].model.load_state_dict(twin.state_dict())
-    times = time_interleaved(runners, repeats=repeats, warmup=warmup, min_time=min_time)
-    if profile_dir is not None:
-        for r in runners:
-            profile_step(r, profile_dir)
-    del runners, models
+    any_compiled = any(c.compile for c in cfgs)
     rows = []
-    for c, t in zip(cfgs, times):
-        macs, _ = macs_per_image(c)
-        rows.append(summarize(c, t, macs, rate, measure_memory(c) if memory else None, sweep))
+    with dynamo_cache(any_compiled):
+        for c in cfgs:
+            key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size)
+            runners.append(Runner(c, model=models.get(key), backend=backend))
+            if key not in models:
+                models[key] = runners[-1].model
+                if c.impl == "naive":  # the same weights as the efficient model, when it exists
+                    twin = models.get(("efficient", False, "auto", c.tasks, c.img_size))
+                    if twin is not None:
+                        runners[-1].model.load_state_dict(twin.state_dict())
+        times = time_interleaved(runners, repeats=repeats, warmup=warmup, min_time=min_time)
+        if profile_dir is not None:
+            for r in runners:
+                profile_step(r, profile_dir)
+        compiled = [(r.compile_s, r.recompiles_timed) for r in runners]
+        del runners, models
+        checks: dict[BenchConfig, dict[str, float]] = {}
+        if parity:
+            modes = tuple(dict.fromkeys(c.mode for c in cfgs))
+            for c in cfgs:
+                key = replace(c, mode="train")
+                if is_variant(c) and key not in checks:
+                    checks[key] = check_variant_parity(c, backend=backend, modes=modes)
+        for c, t, (compile_s, recompiles) in zip(cfgs, times, compiled):
+            macs, _ = macs_per_image(c)
+            row = summarize(c, t, macs, rates[c.amp], measure_memory(c, backend) if memory else None, sweep)
+            if c.compile:
+                row["compile_s"] = compile_s
+                if recompiles:
+                    row["recompiles_timed"] = recompiles
+            errors = checks.get(replace(c, mode="train"))
+            if errors is not None:
+                row.update(parity_row(c, errors))
+            rows.append(row)
     return rows
+
+
+def parity_row(cfg: BenchConfig, errors: dict[str, float]) -> dict[str, Any]:
+    """A variant row's parity columns: its mode's output error (and, training, the gradients' error) against the fp32
+    eager efficient path, and whether they are within ``VARIANT_TOL`` of its precision."""
+    tol = VARIANT_TOL[cfg.amp]
+    if cfg.mode == "train":
+        out = {"parity_outputs": errors["train_outputs"], "parity_gradients": errors["gradients"]}
+        ok = out["parity_outputs"] <= tol["outputs"] and out["parity_gradients"] <= tol["gradients"]
+    else:
+        out = {"parity_outputs": errors["eval_outputs"]}
+        ok = out["parity_outputs"] <= tol["outputs"]
+    out["parity_ok"] = int(ok)
+    return out
 
 
 def profile_step(runner: Runner, out_dir: Path, steps: int = 1) -> Path:
