@@ -83,6 +83,9 @@ class TrainConfig:
     cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"
     loss_weights: dict[str, float] = field(default_factory=dict)  # per-task overrides of the released weights
+    loss_weighting: str = "fixed"  # fixed (the weights above) | uw | dwa | famo | gradnorm_scale (docs/training.md)
+    loss_weighting_options: dict[str, Any] = field(default_factory=dict)  # the method's options, e.g. dwa
+    #                                                                       {temperature: 2, period: 100}
     loss_normalization: str = "global"  # global: each loss over the valid pixels of the whole step's batch (any
     #                                     process / micro-batch count trains alike); local: per micro-batch and
     #                                     process, as the released code (docs/fidelity.md)
@@ -226,9 +229,19 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 
 
 DEVICES = ("auto", "cpu", "cuda")
+LOSS_WEIGHTINGS = ("fixed", "uw", "dwa", "famo", "gradnorm_scale")  # taskprompter.weighting.WEIGHTINGS
+
+
+def _one_of_suggesting(*choices: str) -> tuple[Callable[[Any], bool], Callable[[Any], str]]:
+    def what(v: Any) -> str:
+        close = difflib.get_close_matches(str(v), choices, n=1, cutoff=0.5)
+        return f"one of {', '.join(choices)}" + (f" (did you mean '{close[0]}'?)" if close else "")
+
+    return (lambda v: v in choices), what
+
 
 # The allowed values of every key that has a range: checked when a file or --set gives the key.
-CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+CHECKS: dict[str, tuple[Callable[[Any], bool], str | Callable[[Any], str]]] = {
     "seed": _count(0),
     "model.name": ((lambda v: bool(v)), "a preset name (`taskprompter models` lists them)"),
     "data.tasks": ((lambda v: len(v) > 0 and len(set(v)) == len(v)), "a non-empty list of distinct task names"),
@@ -260,6 +273,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.out_dir": ((lambda v: bool(v.strip())), "a directory path"),
     "train.loss_weights": ((lambda v: all(math.isfinite(w) and w >= 0 for w in v.values())),
                            "finite weights >= 0 per task"),
+    "train.loss_weighting": _one_of_suggesting(*LOSS_WEIGHTINGS),
 }
 
 
@@ -267,7 +281,8 @@ def _check(key: str, value: Any, where: str) -> None:
     rule = CHECKS.get(key)
     if rule is not None and not rule[0](value):
         shown = list(value) if isinstance(value, tuple) else value
-        raise ConfigError(f"config key '{key}' in {where} must be {rule[1]}, got {shown!r}")
+        what = rule[1](value) if callable(rule[1]) else rule[1]
+        raise ConfigError(f"config key '{key}' in {where} must be {what}, got {shown!r}")
 
 
 def _build(section: str, cls: type, values: dict[str, Any], where: str) -> Any:

@@ -76,5 +76,6 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """``lr`` for every group, times the group's ``lr_scale`` where it has one (a loss weighting's parameters)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -40,6 +40,7 @@ from ..model.pretrained import load_vit_weights
 from ..model.swin.taskprompter_swin import TaskPrompterSwin
 from ..model.swin.weights import load_swin_weights
 from ..tasks import DATASET_SPECS
+from ..weighting import LossWeighting, SharedFeatures, build_weighting, feature_grad_sq
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
@@ -181,6 +182,10 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                                  dataset_transform(cfg, list(tasks), train=True), options=reader_options(cfg))
         val_ds = build_eval_dataset(cfg, cfg.data.val_split, list(tasks))
         micro_batch_size(cfg.train.batch_size, d.world_size, cfg.train.accum_steps)  # fail before any output
+        weighting = build_weighting(cfg.train.loss_weighting, tasks=criterion.tasks, base_weights=criterion.weights,
+                                    options=cfg.train.loss_weighting_options,
+                                    steps_per_epoch=len(train_ds) // cfg.train.batch_size)
+        check_weighting(weighting, cfg)
         spec = best_metric_spec(cfg.train.best_metric, list(tasks))
         if cfg.data.check_files:
             _check_files([train_ds, val_ds], cfg, d, log)
@@ -188,10 +193,14 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
+        weighting.to(d.device)
+        if (group := weighting.param_group()) is not None:  # uw: its log-variances, without weight decay
+            optimizer.add_param_group(group)
         scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         start_step, best, metrics, evaluated, saved = 0, None, {}, None, None
         if point is not None:
             load_state_exactly(model, point.weights, source=str(point.checkpoint.path))
+            load_weighting_state(weighting, point.state, point.checkpoint.path)
             load_optimizer_state(optimizer, point.state["optimizer"], cfg.optim)
             if point.state.get("scaler"):
                 scaler.load_state_dict(point.state["scaler"])
@@ -214,6 +223,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                  f"{cfg.model.name}, tasks {list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
         notes.replay(log)
         net = wrap_model(model, d, sync_bn=cfg.train.sync_bn)
+        features = SharedFeatures(model) if weighting.needs_feature_grads else None  # the encoder's outputs
         if cfg.train.compile:  # compiled lazily by the first step; outputs and gradients as eager (tests)
             net = torch.compile(net)
         # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
@@ -223,6 +233,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
             raise ConfigError(f"train.loss_normalization '{cfg.train.loss_normalization}' is not one of: global, local")
         global_norm = cfg.train.loss_normalization == "global"
         loss_scale = float(d.world_size) if global_norm else 1.0 / cfg.train.accum_steps
+        share = 1.0 / (loss_scale * cfg.train.accum_steps)  # of a once-per-step term (UW's regulariser), per backward
 
         steps = StepBatches(len(train_ds), seed=cfg.seed, batch_size=cfg.train.batch_size, rank=d.rank,
                             world_size=d.world_size, accum_steps=cfg.train.accum_steps, start_step=start_step)
@@ -241,6 +252,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
             optimizer.zero_grad(set_to_none=True)
             micro = [next(batches) for _ in range(cfg.train.accum_steps)]  # this process's part of the step
             stats = global_loss_stats(criterion, micro, d) if global_norm else None
+            mine = torch.zeros(len(criterion.tasks), dtype=torch.float64)  # this process's part of the step's losses
             for k, batch in enumerate(micro):
                 batch = to_device(batch, d.device)
                 last_micro = k == cfg.train.accum_steps - 1
@@ -249,14 +261,24 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                     with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         losses = criterion(net(batch["image"]), batch, stats)  # {task: loss, "total": weighted sum}
                     _check_finite(losses, step, d, out_dir)
+                    if k == 0:
+                        begin_weighting_step(weighting, step, losses, features, d, loss_scale, scaler)
+                    losses["total"] = weighting.combine(losses, share=share)  # fixed: the sum above, unchanged
                     scaler.scale(losses["total"] * loss_scale).backward()
-                for name, value in losses.items():
-                    sums[name] = sums.get(name, 0.0) + value.detach().float().item() * loss_scale
+                values = {name: value.detach().float().item() * loss_scale for name, value in losses.items()}
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                mine += torch.tensor([values[t] for t in criterion.tasks], dtype=torch.float64)
+            for task, w in weighting.weights().items():
+                sums[f"weight/{task}"] = sums.get(f"weight/{task}", 0.0) + w
+            weighting.average_gradients(d.world_size)  # its parameters are outside DDP
             scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
                          if cfg.optim.grad_clip > 0 else torch.tensor(float("nan")))
             scaler.step(optimizer)
             scaler.update()
+            if weighting.needs_step_losses:  # the step's global per-task losses (the logged ones)
+                weighting.update(summed_over_processes(mine, d) / d.world_size, step)
             count += 1
             done = step + 1
             if cfg.train.compile and step == start_step:  # compilation: reported apart from the step time
@@ -267,8 +289,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                 timed = count - untimed
                 record.update(lr=lr, grad_norm=float(grad_norm),
                               sec_per_iter=(time.time() - t0) / timed if timed else float("nan"))
-                run.log(done, "train", {f"loss/{k}": v for k, v in record.items() if k in sums} |
-                        {k: v for k, v in record.items() if k not in sums})
+                run.log(done, "train", {k if k.startswith("weight/") else f"loss/{k}": v for k, v in record.items()
+                                        if k in sums} | {k: v for k, v in record.items() if k not in sums})
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['total']:.4g}", lr=f"{lr:.2e}", refresh=False)
                 t0, sums, count, untimed = time.time(), {}, 0, 0
@@ -276,20 +298,22 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                 bar.update(1)
             is_last = done == cfg.optim.max_iters
             if done % cfg.train.checkpoint_every == 0 or is_last:  # before the evaluation, which may fail
-                _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d)
+                _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d,
+                      weighting)
                 saved = done
             if (cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0) or is_last:
                 metrics, best = _evaluate_step(done, model, val_ds, tasks, cfg, d, amp_dtype, spec, best, saved,
-                                               optimizer, scaler, run, log)
+                                               optimizer, scaler, run, log, weighting)
                 evaluated = done
                 net.train()
             if stop.requested(d):
                 if saved != done:
-                    _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d)
+                    _save(out_dir / "last", model, optimizer, scaler, cfg, tasks, done, best, metrics, evaluated, d,
+                          weighting)
                 raise KeyboardInterrupt(f"stopped by {stop.name} after step {done}; {rundir.kept(out_dir)}")
         if evaluated != cfg.optim.max_iters:  # resumed after a kill between the final checkpoint and its evaluation
             metrics, best = _evaluate_step(cfg.optim.max_iters, model, val_ds, tasks, cfg, d, amp_dtype, spec, best,
-                                           saved, optimizer, scaler, run, log)
+                                           saved, optimizer, scaler, run, log, weighting)
         elif start_step == cfg.optim.max_iters:
             log.info(f"nothing to do: the run is complete at step {start_step} (raise optim.max_iters to go on)")
         if bar is not None:
@@ -368,6 +392,43 @@ def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: 
     return {t: v.long().to(d.device) for t, v in zip(names, flat.split(sizes))}
 
 
+def check_weighting(weighting: LossWeighting, cfg: Config) -> None:
+    """What the method needs of the run: the step's global losses or feature gradients before the backward exist
+    only when the step has one micro-batch; the encoder's outputs are captured in eager mode only."""
+    name = cfg.train.loss_weighting
+    if (weighting.needs_current_losses or weighting.needs_feature_grads) and cfg.train.accum_steps > 1:
+        what = "global losses" if weighting.needs_current_losses else "global feature-gradient norms"
+        raise ConfigError(f"train.loss_weighting={name} weighs each step by its {what}, known only after the last "
+                          f"micro-batch: use train.accum_steps=1 (more processes reach the same global batch)")
+    if weighting.needs_feature_grads and cfg.train.compile:
+        raise ConfigError(f"train.loss_weighting={name} takes gradients at the encoder's outputs, which a compiled "
+                          "model does not expose: use train.compile=false")
+
+
+def load_weighting_state(weighting: LossWeighting, state: dict[str, Any], path: Path) -> None:
+    """The checkpoint's loss-weighting state (a checkpoint from before loss weighting trained with ``fixed``)."""
+    saved = state.get("weighting") or {"name": "fixed", "state": {}}
+    if saved["name"] != weighting.name:
+        raise ConfigError(f"{path} was trained with train.loss_weighting={saved['name']}: resume with --set "
+                          f"train.loss_weighting={saved['name']}, or start a new run to use {weighting.name}")
+    weighting.load_state_dict(saved["state"])
+
+
+def begin_weighting_step(weighting: LossWeighting, step: int, losses: dict[str, torch.Tensor],
+                         features: SharedFeatures | None, d: Dist, loss_scale: float, scaler) -> None:
+    """The weights of ``step``, from the global statistics of its (first) micro-batch that the method needs."""
+    current = {}
+    if weighting.needs_current_losses:  # the global batch's losses, as logged
+        mine = torch.tensor([losses[t].detach().float().item() * loss_scale for t in weighting.tasks],
+                            dtype=torch.float64)
+        current["losses"] = summed_over_processes(mine, d) / d.world_size
+    if weighting.needs_feature_grads:  # |dL_t/dF|^2 summed over processes (fp16: unscaled before the norm)
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        mine = feature_grad_sq(losses, features.pop(), weighting.tasks, scale=scale)
+        current["grad_sq"] = summed_over_processes(mine, d)
+    weighting.begin_step(step, **current)
+
+
 def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: Path) -> None:
     """Stop every process together when any loss is NaN/inf, naming the step and the task(s)."""
     names = [k for k in losses if k != "total"] + ["total"]
@@ -396,7 +457,8 @@ def _improves(value: float, best: dict | None, higher: bool) -> bool:
 
 
 def _evaluate_step(done: int, model, val_ds, tasks: dict[str, int], cfg: Config, d: Dist, amp_dtype, spec, best,
-                   saved: int | None, optimizer, scaler, run: RunLog, log) -> tuple[dict[str, Any], dict | None]:
+                   saved: int | None, optimizer, scaler, run: RunLog, log,
+                   weighting: LossWeighting) -> tuple[dict[str, Any], dict | None]:
     """Evaluate at step ``done``: write ``best`` when the metric improves, add the metrics to ``last`` when it was
     written at this step (just before), log them. Returns (metrics, best)."""
     out_dir = Path(cfg.train.out_dir)
@@ -405,7 +467,7 @@ def _evaluate_step(done: int, model, val_ds, tasks: dict[str, int], cfg: Config,
     value = metrics.get(spec.task, {}).get(spec.primary)
     if value is not None and _improves(value, best, spec.higher_is_better):
         best = {"metric": f"{spec.task}.{spec.primary}", "value": float(value), "step": done}
-        _save(out_dir / "best", model, optimizer, scaler, cfg, tasks, done, best, metrics, done, d)
+        _save(out_dir / "best", model, optimizer, scaler, cfg, tasks, done, best, metrics, done, d, weighting)
     if saved == done:
         _on_main(d, partial(ck.update_meta, out_dir / "last", metrics=_plain(metrics), metrics_step=done, best=best))
     run.log(done, "val", metrics)
@@ -415,7 +477,7 @@ def _evaluate_step(done: int, model, val_ds, tasks: dict[str, int], cfg: Config,
 
 
 def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, int], step: int, best, metrics,
-          metrics_step: int | None, d: Dist) -> None:
+          metrics_step: int | None, d: Dist, weighting: LossWeighting) -> None:
     """Write a checkpoint (rank 0), of finite weights only: a NaN or inf in any weight or buffer stops training
     with the last good checkpoint kept (its outputs would be NaN)."""
     bad = [name for name, t in unwrap(model).state_dict().items()
@@ -430,7 +492,7 @@ def _save(path: Path, model, optimizer, scaler, cfg: Config, tasks: dict[str, in
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {"step": step, "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() or None,
-             "rng": rng, "best": best,
+             "rng": rng, "best": best, "weighting": {"name": weighting.name, "state": weighting.state_dict()},
              "data": {"seed": cfg.seed, "batch_size": cfg.train.batch_size, "world_size": d.world_size,
                       "accum_steps": cfg.train.accum_steps, "next_step": step}}
     _on_main(d, partial(ck.save_checkpoint, path, model=unwrap(model), meta=meta, train_state=state,
