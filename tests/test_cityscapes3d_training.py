@@ -14,7 +14,8 @@ from taskprompter.data import build_dataset
 from taskprompter.data.sampling import StepBatches
 from taskprompter.data.synthetic import generate
 from taskprompter.engine.evaluate import dataset_transform, evaluate_checkpoint, label_size
-from taskprompter.engine.train import loss_weights, train
+from taskprompter.engine.setup import loss_weights
+from taskprompter.engine.train import train
 from taskprompter.errors import ConfigError
 from taskprompter.inference import Predictor
 

@@ -14,7 +14,8 @@ import yaml
 from taskprompter.config import load_config
 from taskprompter.data.sampling import StepBatches
 from taskprompter.data.synthetic import generate
-from taskprompter.engine.train import NonFiniteLossError, amp_settings, train
+from taskprompter.engine.setup import amp_settings
+from taskprompter.engine.train import NonFiniteLossError, train
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ def test_pretrained_vit_weights_load_into_the_encoder(tmp_path):
     """model.pretrained: a timm-named ViT file initialises every encoder weight except the prompts."""
     from safetensors.torch import save_file
 
-    from taskprompter.engine.train import build_model, load_pretrained
+    from taskprompter.engine.setup import build_model, load_pretrained
     from taskprompter.errors import ConfigError
 
     cfg = load_config("synthetic_tiny")

@@ -92,7 +92,7 @@ def test_auto_is_bf16_exactly_when_the_capability_record_says_so(monkeypatch, de
     assert p.capabilities == caps and "flags read by the test" in p.reason
     assert p.describe().startswith(f"precision: {'bf16 autocast' if native else 'fp32'} (train.amp=auto: ")
     # the trainer's choice is the same
-    from taskprompter.engine.train import amp_settings
+    from taskprompter.engine.setup import amp_settings
 
     cfg = load_config("synthetic_tiny", ["train.amp=auto"])
     assert amp_settings(cfg, torch.device(device), logging.getLogger("t")) == (p.dtype, False)

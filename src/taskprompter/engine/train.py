@@ -17,7 +17,6 @@ command that resumes.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -28,19 +27,14 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from ..config import Config, closest_key, to_dict
+from ..config import Config, to_dict
 from ..data import build_dataset, collate
 from ..data.check import header_problems
 from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_batches, mix_seed
 from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
-from ..model.build import PRESETS, VARIANTS, build_variant, preset_class, preset_kwargs
 from ..model.io import load_state_exactly
-from ..model.pretrained import load_vit_weights
-from ..model.swin.taskprompter_swin import TaskPrompterSwin
-from ..model.swin.weights import load_swin_weights
-from ..tasks import DATASET_SPECS
-from ..weighting import LossWeighting, SharedFeatures, build_weighting, feature_grad_sq
+from ..weighting import LossWeighting, SharedFeatures, build_weighting
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
@@ -57,8 +51,9 @@ from .evaluate import (
 )
 from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
-from .precision import choose_precision
+from .setup import amp_settings, build_model, check_model_config, load_pretrained, loss_weights
 from .stop import StopRequest, ignore_sigint
+from .weighting_steps import begin_weighting_step, check_weighting, load_weighting_state
 
 # what to change before resuming after a non-finite loss or weight
 SAME_AGAIN = " after lowering optim.lr (the same data and seed would reach the same values again)"
@@ -74,78 +69,6 @@ class NonFiniteLossError(NonFiniteError):
 
 class NonFiniteWeightsError(NonFiniteError):
     """An optimiser step left a weight or buffer NaN or infinite (checked before every checkpoint)."""
-
-
-def constructor_arguments(variant: str, preset: str | None = None) -> dict[str, inspect.Parameter]:
-    """The keyword arguments ``model.overrides`` may set for a ``model.variant`` of ``preset`` (a variant that forwards
-    ``**kwargs`` takes the TaskPrompter's; "taskprompter" of a Swin preset is the TaskPrompterSwin)."""
-    cls = preset_class(preset) if variant == "taskprompter" and preset in PRESETS else VARIANTS[variant]
-    params = dict(inspect.signature(cls).parameters)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        params |= inspect.signature(VARIANTS["taskprompter"]).parameters
-    return {n: p for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
-
-
-def check_model_config(cfg: Config) -> None:
-    """``model.overrides`` names constructor arguments and ``data.size`` fits the patch grid: ConfigErrors that name
-    the key and the closest valid one, before anything is built."""
-    if cfg.model.variant not in VARIANTS:
-        raise ConfigError(f"model.variant '{cfg.model.variant}' is not one of {sorted(VARIANTS)}")
-    allowed = constructor_arguments(cfg.model.variant, cfg.model.name)
-    run_keys = {"tasks": "data.tasks", "img_size": "data.size"}
-    for name in cfg.model.overrides:
-        if name in run_keys:
-            raise ConfigError(f"model.overrides.{name} is set by the run: use {run_keys[name]} instead")
-        if name not in allowed:
-            close = closest_key(name, sorted(set(allowed) - set(run_keys)))
-            hint = f"did you mean 'model.overrides.{close}'?" if close else f"the arguments are {sorted(allowed)}"
-            raise ConfigError(f"unknown model.overrides key '{name}' ({VARIANTS[cfg.model.variant].__name__} has "
-                              f"no such argument); {hint}")
-    patch = preset_kwargs(cfg.model.name, **cfg.model.overrides).get("patch_size", allowed["patch_size"].default)
-    if any(side % patch for side in cfg.data.size):
-        fit = [max(patch, round(side / patch) * patch) for side in cfg.data.size]
-        raise ConfigError(f"data.size {list(cfg.data.size)} must be multiples of the patch size {patch} of "
-                          f"{cfg.model.name}, e.g. data.size={fit}")
-
-
-def build_model(cfg: Config, tasks: dict[str, int]) -> torch.nn.Module:
-    """The configured preset with this run's tasks and input size (``model.overrides`` on top); a value the model
-    refuses is a ConfigError."""
-    check_model_config(cfg)
-    try:
-        return build_variant(cfg.model.variant, cfg.model.name, tasks=tasks, img_size=tuple(cfg.data.size),
-                             **cfg.model.overrides)
-    except (ValueError, AssertionError) as err:
-        raise ConfigError(f"{cfg.model.name} with data.size={list(cfg.data.size)} and model.overrides="
-                          f"{dict(cfg.model.overrides)}: {err}") from err
-
-
-def load_pretrained(model: torch.nn.Module, path: str, log) -> None:
-    kind = "Swin" if isinstance(model, TaskPrompterSwin) else "ViT"
-    if not Path(path).is_file():
-        raise ConfigError(f"model.pretrained: {kind} weights not found: {path} (download them once, or train from "
-                          "scratch with --set model.pretrained=null)")
-    encoders = list(model.encoders.values()) if hasattr(model, "encoders") else [model]
-    for m in encoders:
-        load = load_swin_weights if isinstance(m, TaskPrompterSwin) else load_vit_weights  # Swin: MS or timm layout
-        missing = load(m.backbone, path)
-    log.info(f"loaded {kind} weights from {path} into {len(encoders)} encoder(s); {len(missing)} prompt and "
-             "channel-prompt tensors per encoder keep their initialisation")
-
-
-def amp_settings(cfg: Config, device: torch.device, log) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, use a GradScaler) of ``train.amp`` on ``device`` (`precision.py`: auto = bf16
-    where the device multiplies it natively); logs the choice and its reason in one line."""
-    precision = choose_precision(cfg.train.amp, device)
-    log.info(precision.describe())
-    return precision.dtype, precision.scaler
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    """Per-task loss weights: the task table's, the dataset's released ones (Cityscapes-3D: semseg 100), then
-    ``train.loss_weights``."""
-    spec = DATASET_SPECS.get(cfg.data.format)
-    return {**(dict(spec.loss_weights) if spec is not None else {}), **cfg.train.loss_weights}
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -390,43 +313,6 @@ def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: 
     flat = torch.cat([sum(s[t] for s in per_batch) for t in names]).to(torch.float64)  # counts: exact in float64
     flat = summed_over_processes(flat, d)
     return {t: v.long().to(d.device) for t, v in zip(names, flat.split(sizes))}
-
-
-def check_weighting(weighting: LossWeighting, cfg: Config) -> None:
-    """What the method needs of the run: the step's global losses or feature gradients before the backward exist
-    only when the step has one micro-batch; the encoder's outputs are captured in eager mode only."""
-    name = cfg.train.loss_weighting
-    if (weighting.needs_current_losses or weighting.needs_feature_grads) and cfg.train.accum_steps > 1:
-        what = "global losses" if weighting.needs_current_losses else "global feature-gradient norms"
-        raise ConfigError(f"train.loss_weighting={name} weighs each step by its {what}, known only after the last "
-                          f"micro-batch: use train.accum_steps=1 (more processes reach the same global batch)")
-    if weighting.needs_feature_grads and cfg.train.compile:
-        raise ConfigError(f"train.loss_weighting={name} takes gradients at the encoder's outputs, which a compiled "
-                          "model does not expose: use train.compile=false")
-
-
-def load_weighting_state(weighting: LossWeighting, state: dict[str, Any], path: Path) -> None:
-    """The checkpoint's loss-weighting state (a checkpoint from before loss weighting trained with ``fixed``)."""
-    saved = state.get("weighting") or {"name": "fixed", "state": {}}
-    if saved["name"] != weighting.name:
-        raise ConfigError(f"{path} was trained with train.loss_weighting={saved['name']}: resume with --set "
-                          f"train.loss_weighting={saved['name']}, or start a new run to use {weighting.name}")
-    weighting.load_state_dict(saved["state"])
-
-
-def begin_weighting_step(weighting: LossWeighting, step: int, losses: dict[str, torch.Tensor],
-                         features: SharedFeatures | None, d: Dist, loss_scale: float, scaler) -> None:
-    """The weights of ``step``, from the global statistics of its (first) micro-batch that the method needs."""
-    current = {}
-    if weighting.needs_current_losses:  # the global batch's losses, as logged
-        mine = torch.tensor([losses[t].detach().float().item() * loss_scale for t in weighting.tasks],
-                            dtype=torch.float64)
-        current["losses"] = summed_over_processes(mine, d) / d.world_size
-    if weighting.needs_feature_grads:  # |dL_t/dF|^2 summed over processes (fp16: unscaled before the norm)
-        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-        mine = feature_grad_sq(losses, features.pop(), weighting.tasks, scale=scale)
-        current["grad_sq"] = summed_over_processes(mine, d)
-    weighting.begin_step(step, **current)
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: Path) -> None:
