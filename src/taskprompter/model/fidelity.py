@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 
 
 class Choice(NamedTuple):
@@ -70,3 +70,12 @@ def resolve_fidelity(fidelity: str, overrides: dict[str, Any], options: dict[str
     if unknown:
         raise ConfigError(f"unknown fidelity option(s) {sorted(unknown)}")
     return resolved
+
+
+def require_official(options: dict[str, Any], table: dict[str, Any] | None = None) -> None:
+    """Released checkpoints load into official-fidelity models only: a CheckpointError naming the options that
+    differ from ``table``'s official values (default: the ViT model's ``FIDELITY_OPTIONS``)."""
+    table = FIDELITY_OPTIONS if table is None else table
+    wrong = {k: v for k, v in options.items() if v != table[k].official}
+    if wrong:
+        raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")

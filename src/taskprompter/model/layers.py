@@ -78,3 +78,15 @@ def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], *, num_prefix: in
     table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False).to(pos_embed.dtype)
     table = table.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], C)  # (1, h*w, C)
     return torch.cat([prefix, table], dim=1)
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """The released init of one module (timm's ``_init_vit_weights``): Linear trunc_normal(0.02) with a zero bias,
+    LayerNorm 1 / 0; other modules keep PyTorch's default."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -87,6 +87,12 @@ def read_state_dict(path: str | os.PathLike, *, what: str = "weights file") -> d
     return _unwrap(state)
 
 
+def state_dict_of(source: str | os.PathLike | Mapping[str, Tensor], *, what: str) -> dict[str, Tensor]:
+    """A state dict given as a file (``read_state_dict``) or already in memory (wrapper and ``module.`` prefix
+    removed alike)."""
+    return _unwrap(source) if isinstance(source, Mapping) else read_state_dict(source, what=what)
+
+
 def read_vit_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
     """A pretrained ViT's state dict in timm names (see ``read_state_dict``)."""
     return read_state_dict(path, what="weights file")

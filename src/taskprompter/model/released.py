@@ -13,12 +13,11 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from ..errors import CheckpointError
 from .build import build_model
-from .fidelity import FIDELITY_OPTIONS
+from .fidelity import require_official
 from .io import load_state_exactly
 from .keymap import KeyMap
-from .pretrained import read_state_dict
+from .pretrained import read_state_dict, state_dict_of
 from .swin import released as swin_released
 from .swin.taskprompter_swin import TaskPrompterSwin
 from .taskprompter import TaskPrompter
@@ -73,14 +72,8 @@ def load_official_checkpoint(model: TaskPrompter | TaskPrompterSwin,
     """
     if isinstance(model, TaskPrompterSwin):
         return swin_released.load_official_checkpoint(model, checkpoint)
-    wrong = {k: v for k, v in model.options.items() if v != FIDELITY_OPTIONS[k].official}
-    if wrong:
-        raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
-    if isinstance(checkpoint, Mapping):
-        state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    else:
-        state = read_checkpoint(checkpoint)
+    require_official(model.options)
+    state = state_dict_of(checkpoint, what="checkpoint")
     state = {from_released_key(k): v for k, v in state.items()}
     own = model.state_dict()
     prompts = state.get("backbone.prompts")

@@ -16,6 +16,7 @@ from .encoder import PromptViT, hp_levels
 from .fidelity import resolve_fidelity
 from .heads import HEAD_SCALE, TaskHead, upsampled_logits
 from .io import PretrainedMixin
+from .layers import init_vit_weights
 from .prompt_block import Affinity, window_grid
 from .recompute import KEEP_OPS, RECOMPUTE_MODES, checkpoint_contexts, selective_recompute_wanted
 from .upsample_conv import shifted_interpolation
@@ -110,13 +111,7 @@ class TaskPrompter(PretrainedMixin, nn.Module):
         """Released init: Linear trunc_normal(0.02) / zero bias, norms 1/0, convs PyTorch default (heads' 3x3 conv
         trunc_normal(0.02), set in TaskHead), position table trunc_normal(0.02), prompts N(1, 1) cut to [-2, 2]."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_vit_weights(m)
         nn.init.trunc_normal_(self.backbone.pos_embed, std=0.02)
         if self.backbone.num_tasks:
             nn.init.trunc_normal_(self.backbone.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)

@@ -19,9 +19,10 @@ import torch
 from torch import Tensor
 
 from ...errors import CheckpointError
+from ..fidelity import require_official
 from ..io import load_state_exactly
 from ..keymap import KeyMap
-from ..pretrained import read_state_dict
+from ..pretrained import state_dict_of
 from .fidelity import SWIN_FIDELITY_OPTIONS
 from .taskprompter_swin import TaskPrompterSwin
 
@@ -95,14 +96,8 @@ def load_official_checkpoint(model: TaskPrompterSwin, checkpoint: str | os.PathL
 
     Raises CheckpointError naming the missing, unexpected and mis-shaped keys, and derived buffers that differ.
     """
-    wrong = {k: v for k, v in model.options.items() if v != SWIN_FIDELITY_OPTIONS[k].official}
-    if wrong:
-        raise CheckpointError(f"released checkpoints need an official-fidelity model; this model sets {wrong}")
-    if isinstance(checkpoint, Mapping):
-        state = checkpoint["model"] if isinstance(checkpoint.get("model"), Mapping) else checkpoint
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    else:
-        state = read_state_dict(checkpoint, what="checkpoint")
+    require_official(model.options, SWIN_FIDELITY_OPTIONS)
+    state = state_dict_of(checkpoint, what="checkpoint")
     unused = [] if "3ddet" in model.heads else sorted(k for k in state if k.startswith(DETECTION_HEAD))
     if unused:
         warnings.warn(f"{len(unused)} keys of the 3-D detection head ({DETECTION_HEAD}*) are not loaded: this "

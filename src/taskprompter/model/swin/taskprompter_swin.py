@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ...tasks import ordered_tasks
 from ..io import PretrainedMixin
+from ..layers import init_vit_weights
 from .block import WindowPromptAttention, channel_head_grid
 from .decoder import SwinPromptDecoder, is_dense
 from .detection import Detector3D
@@ -147,14 +148,8 @@ class TaskPrompterSwin(PretrainedMixin, nn.Module):
         PyTorch default (the heads' convs set in their constructors), relative-position tables trunc_normal(0.02),
         prompts N(1, 1) cut to [-2, 2]."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, WindowPromptAttention):
+            init_vit_weights(m)
+            if isinstance(m, WindowPromptAttention):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
         nn.init.trunc_normal_(self.backbone.task_prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
 
