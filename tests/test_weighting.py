@@ -226,13 +226,13 @@ def test_shared_features_are_the_prompted_encoders_outputs():
 def test_the_state_round_trips_bit_for_bit(name):
     tasks = ["semseg", "normals", "edge"]
     g = torch.Generator().manual_seed(3)
-    stream = [(torch.rand(3, generator=g, dtype=torch.float64) + 0.1, torch.rand(3, generator=g, dtype=torch.float64))
-              for _ in range(7)]
+    stream = [(torch.rand(3, generator=g, dtype=torch.float64) + 0.1, torch.rand(3, generator=g, dtype=torch.float64),
+               torch.randn(3, 5, generator=g, dtype=torch.float64)) for _ in range(7)]
 
     def run(w, steps):
         for step in steps:
-            losses, grad_sq = stream[step]
-            w.begin_step(step, losses=losses, grad_sq=grad_sq)
+            losses, grad_sq, J = stream[step]
+            w.begin_step(step, losses=losses, grad_sq=grad_sq, gram=J @ J.T)
             if w.param_group() is not None:
                 with torch.no_grad():
                     w.log_vars.add_(0.01 * step)  # what its optimiser would do
@@ -260,8 +260,8 @@ def _saved(obj):
 
 
 def test_typos_and_impossible_combinations_are_config_errors(root, tmp_path):
-    with pytest.raises(ConfigError, match=r"train\.loss_weighting.*one of fixed, uw, dwa, famo, gradnorm_scale "
-                                          r"\(did you mean 'dwa'\?\), got 'dwaa'"):
+    with pytest.raises(ConfigError, match=r"train\.loss_weighting.*one of fixed, uw, dwa, famo, gradnorm_scale, "
+                                          r"pcgrad, cagrad, upgrad, nash_mtl \(did you mean 'dwa'\?\), got 'dwaa'"):
         load_config(None, ["train.loss_weighting=dwaa"])
     with pytest.raises(ConfigError, match=r"'temprature' for dwa; did you mean "
                                           r"'train\.loss_weighting_options\.temperature'"):
@@ -298,7 +298,7 @@ def _records(run):
 
 
 @pytest.mark.parametrize("name, options", [("famo", []), ("dwa", ["train.loss_weighting_options.period=2"]),
-                                           ("uw", ["train.loss_weighting_options.lr_scale=10"])])
+                                           ("uw", ["train.loss_weighting_options.lr_scale=10"]), ("pcgrad", [])])
 def test_resume_mid_run_equals_an_uninterrupted_run(root, tmp_path, monkeypatch, name, options):
     steps = 6
     sets = [f"optim.max_iters={steps}", f"train.loss_weighting={name}", *options]
@@ -322,7 +322,7 @@ def test_resume_mid_run_equals_an_uninterrupted_run(root, tmp_path, monkeypatch,
     sb = torch.load(stopped / "last" / "train_state.pt", weights_only=True)
     assert sa["weighting"]["name"] == sb["weighting"]["name"] == name
     state_a, state_b = sa["weighting"]["state"], sb["weighting"]["state"]
-    assert state_a.keys() == state_b.keys() and state_a
+    assert state_a.keys() == state_b.keys() and (state_a or name == "pcgrad")  # pcgrad: the order from (seed, step)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
     for i, s in sa["optimizer"]["state"].items():  # uw: its log-variances' Adam moments too
         assert torch.equal(s["exp_avg_sq"], sb["optimizer"]["state"][i]["exp_avg_sq"])
@@ -406,6 +406,30 @@ def test_two_gloo_processes_weigh_like_one_process(root, tmp_path):
     s1 = torch.load(one / "last" / "train_state.pt", weights_only=True)["weighting"]["state"]["log_vars"]
     s2 = torch.load(two / "last" / "train_state.pt", weights_only=True)["weighting"]["state"]["log_vars"]
     assert torch.allclose(s1, s2, rtol=0, atol=1e-5), (s1, s2)
+
+
+@pytest.mark.parametrize("name", ["famo", "upgrad"])
+def test_a_loss_level_and_a_gradient_level_method_with_defaults_weigh_in_two_processes_as_in_one(root, tmp_path, name):
+    """famo (the global losses before the backward, its Adam state) and upgrad (the Gram matrix of the per-task
+    gradients at the encoder's outputs, summed over processes; the decoders' and the encoder's backward passes under
+    DDP) with default options: the losses, the weights of every step and the trained model equal one process's."""
+    sets = [f"train.loss_weighting={name}", "optim.eps=1e-3"]  # as test_distributed: rounding-noise gradients of
+    #                                                                   conv biases before BatchNorm stay below eps
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run([sys.executable, "-m", "taskprompter", *_common(root, one, *sets)])
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+          "taskprompter", *_common(root, two, *sets)])
+    r1, r2 = _records(one), _records(two)
+    assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
+    for x, y in zip(r1, r2):
+        keys = [k for k in x if k.startswith(("loss/", "weight/"))]
+        assert len(keys) == 11
+        for key in keys:
+            assert y[key] == pytest.approx(x[key], rel=1e-4, abs=1e-6), (x["step"], key)
+    assert len({round(r1[-1][k], 6) for k in r1[-1] if k.startswith("weight/")}) > 1  # not all equal
+    a, b = load_file(str(one / "last" / "model.safetensors")), load_file(str(two / "last" / "model.safetensors"))
+    worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-5, worst  # 3 Adam steps of lr 1e-3: float summation order only
 
 
 def test_gradnorm_scale_takes_the_global_batchs_feature_gradient_norms(root, tmp_path):

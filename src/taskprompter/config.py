@@ -83,7 +83,8 @@ class TrainConfig:
     cpu_threads: int = 0  # torch intra-op threads (0 = torch's default); with data.num_workers, sizes CPU runs
     out_dir: str = "runs/run"
     loss_weights: dict[str, float] = field(default_factory=dict)  # per-task overrides of the released weights
-    loss_weighting: str = "fixed"  # fixed (the weights above) | uw | dwa | famo | gradnorm_scale (docs/training.md)
+    loss_weighting: str = "fixed"  # fixed (the weights above) | uw | dwa | famo | gradnorm_scale | pcgrad | cagrad |
+    #                                upgrad | nash_mtl (docs/training.md)
     loss_weighting_options: dict[str, Any] = field(default_factory=dict)  # the method's options, e.g. dwa
     #                                                                       {temperature: 2, period: 100}
     loss_normalization: str = "global"  # global: each loss over the valid pixels of the whole step's batch (any
@@ -229,7 +230,8 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
 
 
 DEVICES = ("auto", "cpu", "cuda")
-LOSS_WEIGHTINGS = ("fixed", "uw", "dwa", "famo", "gradnorm_scale")  # taskprompter.weighting.WEIGHTINGS
+# taskprompter.weighting.WEIGHTINGS
+LOSS_WEIGHTINGS = ("fixed", "uw", "dwa", "famo", "gradnorm_scale", "pcgrad", "cagrad", "upgrad", "nash_mtl")
 
 
 def _one_of_suggesting(*choices: str) -> tuple[Callable[[Any], bool], Callable[[Any], str]]:

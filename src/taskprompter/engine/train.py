@@ -34,7 +34,7 @@ from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_
 from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
 from ..model.io import load_state_exactly
-from ..weighting import LossWeighting, SharedFeatures, build_weighting
+from ..weighting import LossWeighting, build_weighting, shared_features_for, weighted_backward
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
@@ -53,7 +53,7 @@ from .logging import EarlyNotes, RunLog, flatten_config, get_logger
 from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
 from .setup import amp_settings, build_model, check_model_config, load_pretrained, loss_weights
 from .stop import StopRequest, ignore_sigint
-from .weighting_steps import begin_weighting_step, check_weighting, load_weighting_state
+from .weighting_steps import check_weighting, load_weighting_state
 
 # what to change before resuming after a non-finite loss or weight
 SAME_AGAIN = " after lowering optim.lr (the same data and seed would reach the same values again)"
@@ -146,7 +146,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                  f"{cfg.model.name}, tasks {list(tasks)}, {d.world_size} process(es) on {d.device}, out_dir {out_dir}")
         notes.replay(log)
         net = wrap_model(model, d, sync_bn=cfg.train.sync_bn)
-        features = SharedFeatures(model) if weighting.needs_feature_grads else None  # the encoder's outputs
+        features = shared_features_for(weighting, model)  # the encoder's outputs, where the method needs them
         if cfg.train.compile:  # compiled lazily by the first step; outputs and gradients as eager (tests)
             net = torch.compile(net)
         # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
@@ -184,10 +184,9 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                     with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                         losses = criterion(net(batch["image"]), batch, stats)  # {task: loss, "total": weighted sum}
                     _check_finite(losses, step, d, out_dir)
-                    if k == 0:
-                        begin_weighting_step(weighting, step, losses, features, d, loss_scale, scaler)
-                    losses["total"] = weighting.combine(losses, share=share)  # fixed: the sum above, unchanged
-                    scaler.scale(losses["total"] * loss_scale).backward()
+                    # instead of loss.backward(): fixed backpropagates the sum above, unchanged
+                    losses["total"] = weighted_backward(weighting, losses, step=step, first=k == 0, features=features,
+                                                        d=d, loss_scale=loss_scale, share=share, scaler=scaler)
                 values = {name: value.detach().float().item() * loss_scale for name, value in losses.items()}
                 for name, value in values.items():
                     sums[name] = sums.get(name, 0.0) + value

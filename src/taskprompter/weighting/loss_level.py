@@ -1,91 +1,18 @@
-"""Loss weighting: how the per-task losses L_t become the one loss whose gradient trains the model (issue 15).
-
-    weighting = build_weighting("dwa", tasks=["semseg", "depth"], base_weights={"semseg": 1, "depth": 1},
-                                options={"temperature": 2.0}, steps_per_epoch=1250)
-
-Every method is an ``nn.Module`` whose state (DWA's loss history, UW's log-variances, FAMO's logits and their Adam
-moments) is in its ``state_dict`` and goes into the training checkpoint. The trainer calls, per optimiser step:
-
-    weighting.begin_step(step, losses=..., grad_sq=...)     # once, before the step's first backward
-    total = weighting.combine(losses, share=...)            # per micro-batch: the loss to backpropagate
-    weighting.update(step_losses, step)                     # once, after the optimiser step
-
-Everything a method learns from is the step's *global* statistics -- summed over processes and micro-batches -- so N
-processes, or accumulated micro-batches, weigh exactly as one process on the same global batch:
-
-  ``losses`` (``needs_current_losses``): this step's per-task losses of the global batch, before the backward (FAMO
-    divides by them). Known before the backward only when the step has one micro-batch (``train.accum_steps=1``).
-  ``grad_sq`` (``needs_feature_grads``): |dL_t/dF|^2 per task, F the shared features (every tensor the prompted
-    encoder ``model.backbone`` outputs), summed over processes; one ``autograd.grad`` per task, ``accum_steps=1``.
-  ``step_losses`` (``needs_step_losses``): the step's per-task losses averaged over micro-batches and processes (the
-    values logged as ``loss/<task>``), after the optimiser step (DWA's history).
-
-``combine`` returns sum_t w_t L_t with the weights w_t (``current``, logged as ``weight/<task>``) fixed for the step,
-plus terms of the method's own (UW's regulariser, a ``share`` of it per micro-batch and process so that the step
-counts it once). The weights are constants of the backward except UW's, whose log-variances the model's optimiser
-trains (``param_group``). The gradient-level methods (PCGrad, CAGrad, UPGrad, Nash-MTL) are not here yet; they will
-take the same ``grad_sq``-style global statistics of the shared-feature gradients (their Gram matrix).
-"""
+"""The loss-level methods: each step's loss is sum_t w_t L_t with weights from the losses' history (dwa, famo), learned
+parameters (uw), the per-task gradient norms at the shared features (gradnorm_scale) or constants (fixed)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .engine.distributed import all_reduce_sum_
-from .errors import ConfigError
-from .tasks import TASKS
-
-
-class LossWeighting(nn.Module):
-    """The interface: ``begin_step`` sets the step's weights, ``combine`` weighs a micro-batch's losses, ``update``
-    learns from the finished step. ``tasks`` fixes the order of every (T,) vector; ``base_weights`` are the fixed
-    (released) weights, used by ``fixed`` and, with ``fixed_weights: true``, as factors by ``uw`` and ``dwa``."""
-
-    name: ClassVar[str] = ""
-    needs_current_losses: ClassVar[bool] = False
-    needs_feature_grads: ClassVar[bool] = False
-    needs_step_losses: ClassVar[bool] = False
-
-    def __init__(self, *, tasks: Sequence[str], base_weights: Mapping[str, float]) -> None:
-        super().__init__()
-        self.tasks = list(tasks)
-        self.base_weights = {t: float(base_weights.get(t, 1.0)) for t in self.tasks}
-        # the multipliers of the step's losses, set by begin_step (derived from the state, so not saved)
-        self.register_buffer("current", torch.ones(len(self.tasks), dtype=torch.float64), persistent=False)
-
-    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None) -> None:
-        """Set ``current`` for optimiser step ``step`` (0-based), before its first backward."""
-
-    def combine(self, losses: Mapping[str, Tensor], *, share: float = 1.0) -> Tensor:
-        """sum_t w_t L_t of one micro-batch's losses. ``share``: the fraction of once-per-step terms this call carries
-        (1 / (micro-batches x processes) under global loss normalisation)."""
-        return sum(w * losses[t] for t, w in zip(self.tasks, self.current.tolist()))
-
-    def update(self, losses: Tensor, step: int) -> None:
-        """Learn from the finished step ``step``: ``losses`` (T,) its global per-task losses."""
-
-    def weights(self) -> dict[str, float]:
-        """{task: the multiplier of its loss in this step}."""
-        return dict(zip(self.tasks, self.current.tolist()))
-
-    def param_group(self) -> dict[str, Any] | None:
-        """The optimiser parameter group of the method's learned parameters (None: it has none)."""
-        return None
-
-    def average_gradients(self, world_size: int) -> None:
-        """Average the learned parameters' gradients over processes, as DDP does for the model's (they live outside
-        the DDP-wrapped model); no-op in one process."""
-        for p in self.parameters():
-            if p.grad is not None and world_size > 1:
-                all_reduce_sum_(p.grad).div_(world_size)
-
-    def _vector(self, values: Tensor) -> Tensor:
-        return values.detach().to(self.current.device, torch.float64)
+from ..errors import ConfigError
+from ..tasks import TASKS
+from .base import LossWeighting
 
 
 class Fixed(LossWeighting):
@@ -127,7 +54,8 @@ class UncertaintyWeighting(LossWeighting):
         self.register_buffer("regularizer", torch.full((len(self.tasks),), 0.5 if variant == "kendall" else 1.0),
                              persistent=False)  # (T,)
 
-    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None) -> None:
+    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None,
+                   gram: Tensor | None = None) -> None:
         self.current.copy_(self._vector(self.scale * torch.exp(-self.log_vars)))
 
     def combine(self, losses: Mapping[str, Tensor], *, share: float = 1.0) -> Tensor:
@@ -169,7 +97,8 @@ class DynamicWeightAverage(LossWeighting):
         self.register_buffer("averages", torch.zeros(2, T, dtype=torch.float64))  # Lbar(k-2), Lbar(k-1)
         self.register_buffer("periods", torch.zeros((), dtype=torch.long))  # completed periods
 
-    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None) -> None:
+    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None,
+                   gram: Tensor | None = None) -> None:
         if int(self.periods) < 2:
             w = torch.ones_like(self.current)
         else:
@@ -237,7 +166,8 @@ class FAMO(LossWeighting):
     def _gap(self, losses: Tensor) -> Tensor:
         return losses - self.min_losses + self.eps  # (T,) L_t - L*_t + eps
 
-    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None) -> None:
+    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None,
+                   gram: Tensor | None = None) -> None:
         if losses is None:
             raise ValueError("famo weighs by the step's global losses: pass begin_step(step, losses=...)")
         losses = self._vector(losses)
@@ -282,7 +212,8 @@ class GradNormScale(LossWeighting):
     name = "gradnorm_scale"
     needs_feature_grads = True
 
-    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None) -> None:
+    def begin_step(self, step: int, *, losses: Tensor | None = None, grad_sq: Tensor | None = None,
+                   gram: Tensor | None = None) -> None:
         if grad_sq is None:
             raise ValueError("gradnorm_scale weighs by the feature-gradient norms: pass begin_step(step, grad_sq=...)")
         norms = self._vector(grad_sq).clamp(min=0).sqrt()  # (T,) |dL_t/dF|
@@ -292,93 +223,3 @@ class GradNormScale(LossWeighting):
         inverse = torch.where(norms > 0, 1.0 / norms.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
         n = int((norms > 0).sum())
         self.current.copy_(n * inverse / inverse.sum() if n else torch.ones_like(inverse))
-
-
-# ------------------------------------------------------------------------------------------------- shared features
-
-
-class SharedFeatures:
-    """Keeps the tensors the shared encoder (``model.backbone``) outputs in each training forward pass -- every
-    decoding level's tokens and affinities -- for the per-task gradients at F. ``pop()`` hands them over and forgets
-    them (no activation outlives its step)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        backbone = getattr(model, "backbone", None)
-        if not isinstance(backbone, nn.Module):
-            raise ConfigError(f"{type(model).__name__} has no shared encoder (`backbone`) whose outputs gradnorm_scale "
-                              "could weigh at (task-specific encoders share nothing); use another "
-                              "train.loss_weighting")
-        self._tensors: list[Tensor] = []
-        self._handle = backbone.register_forward_hook(self._keep)
-
-    def _keep(self, module: nn.Module, args: Any, output: Any) -> None:
-        leaves = torch.utils._pytree.tree_leaves(output)  # tuples, lists and Affinity (a NamedTuple) of tensors
-        self._tensors = [t for t in leaves if torch.is_tensor(t) and t.requires_grad]
-
-    def pop(self) -> list[Tensor]:
-        tensors, self._tensors = self._tensors, []
-        return tensors
-
-    def remove(self) -> None:
-        self._handle.remove()
-        self._tensors = []
-
-
-def feature_grad_sq(losses: Mapping[str, Tensor], features: Sequence[Tensor], tasks: Sequence[str], *,
-                    scale: float = 1.0) -> Tensor:
-    """(T,) float64: sum over the feature tensors of |dL_t/dF|^2 for each task, one ``autograd.grad`` per task that
-    keeps the graph for the backward that follows. ``scale``: the loss scale of fp16 training -- each task's loss is
-    scaled before its backward and its gradient unscaled before the norm."""
-    if not features:
-        raise RuntimeError("no shared features were captured in this forward pass (is the model's backbone used?)")
-    out = []
-    for t in tasks:
-        total = torch.zeros((), dtype=torch.float64, device=features[0].device)
-        if losses[t].requires_grad:
-            grads = torch.autograd.grad(losses[t] * scale, features, retain_graph=True, allow_unused=True)
-            for g in grads:
-                if g is not None:
-                    total = total + (g.double() / scale).pow(2).sum()
-        out.append(total)
-    return torch.stack(out)
-
-
-# ------------------------------------------------------------------------------------------------- building
-
-
-def build_weighting(name: str, *, tasks: Sequence[str], base_weights: Mapping[str, float],
-                    options: Mapping[str, Any] | None = None, steps_per_epoch: int = 1) -> LossWeighting:
-    """``WEIGHTINGS[name]`` with ``options`` (``train.loss_weighting_options``); an unknown method or option is a
-    ConfigError naming the closest one. ``steps_per_epoch``: DWA's default period."""
-    import inspect
-
-    from .config import closest_key
-
-    if name not in WEIGHTINGS:
-        close = closest_key(name, sorted(WEIGHTINGS))
-        hint = f"did you mean '{close}'?" if close else f"the methods are {', '.join(WEIGHTINGS)}"
-        raise ConfigError(f"train.loss_weighting '{name}' is not a loss weighting method; {hint}")
-    cls = WEIGHTINGS[name]
-    allowed = [p for p in inspect.signature(cls).parameters if p not in ("tasks", "base_weights")]
-    options = dict(options or {})
-    for key in options:
-        if key not in allowed:
-            close = closest_key(key, allowed) if allowed else None
-            hint = (f"did you mean 'train.loss_weighting_options.{close}'?" if close else
-                    f"{name} takes {', '.join(allowed)}" if allowed else f"{name} takes no options")
-            raise ConfigError(f"unknown train.loss_weighting_options key '{key}' for {name}; {hint}")
-    if cls is DynamicWeightAverage:
-        options.setdefault("period", max(1, int(steps_per_epoch)))
-    try:
-        return cls(tasks=tasks, base_weights=base_weights, **options)
-    except (TypeError, ValueError) as err:  # an option of the wrong type
-        raise ConfigError(f"train.loss_weighting_options for {name}: {err}") from err
-
-
-WEIGHTINGS: dict[str, type[LossWeighting]] = {
-    "fixed": Fixed,
-    "uw": UncertaintyWeighting,
-    "dwa": DynamicWeightAverage,
-    "famo": FAMO,
-    "gradnorm_scale": GradNormScale,
-}
