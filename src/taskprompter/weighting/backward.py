@@ -54,7 +54,7 @@ def weighted_backward(weighting: LossWeighting, losses: Mapping[str, Tensor], *,
     """Backpropagate one micro-batch's ``losses`` ({task: L_t}) as the method combines them; returns the combined
     loss (detached, for the log). ``first``: the step's first micro-batch, where the step's weights are set;
     ``share``: the fraction of the step's once-per-step terms this micro-batch carries (UW's regulariser)."""
-    d = d or Dist()
+    d = d or Dist(rank=0, world_size=1, local_rank=0, device=next(iter(losses.values())).device)  # one process
     scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
     if weighting.needs_gram:
         return _gradient_level_backward(weighting, losses, step=step, features=features, d=d, loss_scale=loss_scale,
