@@ -74,7 +74,8 @@ def test_custom_dataset_reads_what_was_written(custom_root):
     np.testing.assert_allclose(raw["depth"], np.rint(s["depth"] * 1000) / 1000, rtol=1e-6)
     assert (raw["normals"][:2] == 0).all() and np.abs(raw["normals"][2:] - s["normals"][2:]).max() < 1 / 255 + 1e-6
     assert np.array_equal(raw["sal"], s["sal"])
-    assert build_dataset("custom", custom_root, "val", ["depth"]).load_raw(0).keys() == {"image", "depth", "meta"}
+    depth_only = build_dataset("custom", custom_root, "val", ["depth"]).load_raw(0)
+    assert depth_only.keys() == {"image", "depth", "meta", "labelled"}
     assert check_dataset("custom", custom_root) == (3, [])
 
 

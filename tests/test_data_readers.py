@@ -178,7 +178,7 @@ def test_only_enabled_tasks_are_read(synthetic_nyud_root, tmp_path):
     root = shutil.copytree(synthetic_nyud_root, tmp_path / "n")
     shutil.rmtree(root / "normals")
     raw = NYUD(root, "train", ["depth"]).load_raw(0)
-    assert set(raw) == {"image", "depth", "meta"}
+    assert set(raw) == {"image", "depth", "meta", "labelled"} and raw["labelled"] == {"depth": True}
 
 
 def test_unsupported_task_and_unknown_format_are_clear(synthetic_nyud_root):

@@ -202,12 +202,13 @@ def test_seeded_sample_depends_only_on_seed_epoch_index(synthetic_nyud_root):
     ds = seeded(build_dataset("nyud", synthetic_nyud_root, "train", tasks,
                               transform=train_transform((48, 56), tasks)), seed=7)
     a, b = ds[2], ds[2]
-    assert all(torch.equal(a[k], b[k]) for k in a if k != "meta")
+    assert all(torch.equal(a[k], b[k]) for k in a if k not in ("meta", "labelled"))
     ds.set_epoch(1)
     c = ds[2]
     assert not torch.equal(a["image"], c["image"])
     d = ds[(0, 2)]
-    assert all(torch.equal(a[k], d[k]) for k in a if k != "meta")
+    assert all(torch.equal(a[k], d[k]) for k in a if k not in ("meta", "labelled"))
+    assert a["labelled"] == d["labelled"] == dict.fromkeys(tasks, torch.tensor(True))
     assert ds.tasks == tasks and ds.task_channels["semseg"] == 40  # attributes forwarded
 
 

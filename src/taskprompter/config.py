@@ -48,6 +48,8 @@ class DataConfig:
     check_files: bool = True  # train: read every training and validation sample's file headers before step 1
     reader_options: dict[str, Any] = field(default_factory=dict)  # the reader's own options, e.g. cityscapes3d
     #                                  {euler: faithful, rail_track_sky: false, drop_empty: false} (docs/data.md)
+    labelled_tasks: str = "auto"  # partial labels: auto (<root>/labelled_tasks.json if it exists, else all) | all
+    #                               (ignore any record: fully labelled) | a record file (docs/data.md)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str | Callable[[Any], str]]] = {
     "data.scale_range": ((lambda v: all(map(math.isfinite, v)) and 0 < v[0] <= v[1]),
                          "[min, max] with 0 < min <= max"),
     "data.max_val_samples": _count(0),
+    "data.labelled_tasks": ((lambda v: bool(v.strip())), "auto, all or the path of a labelled-tasks record"),
     "optim.name": _one_of("adam", "adamw"),
     "optim.lr": _number(0, strict=True),
     "optim.weight_decay": _number(0, strict=False),

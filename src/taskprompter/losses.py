@@ -18,6 +18,11 @@ the released code (``local``).
   3ddet:   the released FCOS3D loss (model/swin/detection/losses.py) of the detector's outputs against the batch's
            3ddet records, normalised within the batch; with the global statistics, each batch's loss is weighted
            by its share of the images that have objects.
+
+Partially labelled data (``batch["labelled"][task]``, a BoolTensor (B,), data/partial.py): each task's loss and
+statistics see only the samples labelled for it -- the loss of a batch mixing labelled and unlabelled samples is
+that of its labelled sub-batch, bit for bit, and a batch without a labelled sample gives exactly 0 -- whatever the
+unlabelled samples' targets hold (`labelled_part`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data.sample import NO_LABEL
 from .errors import DataError
 from .tasks import IGNORE_INDEX, TASKS, check_task_names
 
@@ -156,6 +162,25 @@ def detection_loss(outputs, records: Sequence[Mapping], stats: Tensor | None = N
     return total * (float(detection_images(records)[0]) / max(float(stats[0]), 1.0))
 
 
+def labelled_part(output: Tensor, target: Tensor, labelled: Tensor | None, *, no_label: float
+                  ) -> tuple[Tensor, Tensor]:
+    """(output, target) of the samples labelled for a task: ``labelled`` (B,) bool selects them (on the outputs'
+    device), so that a loss over them equals the loss of the labelled sub-batch exactly. None or all True: the
+    batch as it is. All False: the whole batch with every target value replaced by ``no_label`` (the task's
+    invalid value), whose loss is exactly 0 with a graph through the outputs (DDP sees every parameter used)."""
+    if labelled is None:
+        return output, target
+    labelled = labelled.reshape(-1).bool()
+    if labelled.numel() != target.shape[0]:
+        raise DataError(f"batch['labelled'] has {labelled.numel()} flags for a batch of {target.shape[0]}")
+    if bool(labelled.all()):
+        return output, target
+    if not bool(labelled.any()):
+        return output, torch.full_like(target, no_label)
+    index = labelled.nonzero().reshape(-1).to(target.device)  # (B',)
+    return output.index_select(0, index.to(output.device)), target.index_select(0, index)
+
+
 class MultiTaskLoss(nn.Module):
     """Sum over tasks of weight x loss; forward returns {task: loss, ..., "total": weighted sum}.
 
@@ -163,7 +188,8 @@ class MultiTaskLoss(nn.Module):
     normals 10, edge 50). ``zero_depth_valid``: the depth task holds disparity with -1 = invalid (Cityscapes-3D), so
     0 is a valid target. ``forward(outputs, batch, stats)``: with ``stats`` ({task: ``LOSS_STATS[task]`` summed
     over a larger batch}) every loss is this batch's share of that batch's loss -- the shares of its parts add up
-    to it exactly; without, each loss is normalised by this batch alone.
+    to it exactly; without, each loss is normalised by this batch alone. With ``batch["labelled"]`` ({task:
+    BoolTensor (B,)}, partially labelled data) every task's loss and statistics count its labelled samples only.
     """
 
     def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None, *,
@@ -182,6 +208,19 @@ class MultiTaskLoss(nn.Module):
                        for t in tasks}
         self.stats = {t: partial(valid_depth, zero_valid=True) if t == "depth" and zero_depth_valid else LOSS_STATS[t]
                       for t in tasks}
+        # the value of an invalid target pixel: what an unlabelled sample's target counts as (disparity: -1)
+        self.no_label = {t: -1.0 if t == "depth" and zero_depth_valid else NO_LABEL.get(t, IGNORE_INDEX)
+                         for t in tasks}
+
+    def _labelled(self, task: str, output: Tensor, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(output, target) of the samples of ``batch`` labelled for ``task`` (`labelled_part`)."""
+        labelled = (batch.get("labelled") or {}).get(task)
+        if TASKS[task].kind == "detect":
+            if labelled is not None and not bool(torch.as_tensor(labelled).all()):
+                raise DataError(f"{task} cannot be partially labelled: batch['labelled'] marks some images "
+                                "unlabelled for it (an empty record would train 'no objects here')")
+            return output, batch[task]
+        return labelled_part(output, batch[task], labelled, no_label=self.no_label[task])
 
     def forward(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
                 stats: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -191,14 +230,16 @@ class MultiTaskLoss(nn.Module):
                 raise KeyError(f"model outputs have no {task!r}; outputs: {sorted(outputs)}")
             if task not in batch:
                 raise DataError(f"the batch has no {task!r} labels; keys: {sorted(batch)}")
-            losses[task] = self.losses[task](outputs[task], batch[task], None if stats is None else stats[task])
+            output, target = self._labelled(task, outputs[task], batch)
+            losses[task] = self.losses[task](output, target, None if stats is None else stats[task])
         losses["total"] = sum(self.weights[t] * losses[t] for t in self.tasks)
         return losses
 
 
     def batch_stats(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """{task: the statistics its normalisation needs} of one batch (int64 counts: they add over batches)."""
-        return {task: self.stats[task](batch[task]).long() for task in self.tasks}
+        """{task: the statistics its normalisation needs} of one batch (int64 counts: they add over batches), of
+        the samples labelled for the task."""
+        return {task: self.stats[task](self._labelled(task, batch[task], batch)[1]).long() for task in self.tasks}
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {

@@ -27,6 +27,7 @@ DEBUG_ENV = "TASKPROMPTER_DEBUG"  # set to 1: errors keep their traceback, like 
 VERBS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write a synthetic multi-task dataset in a released format"),
     "check-data": ("check_data", "read every sample of a dataset and report all problems"),
+    "labelled-tasks": ("labelled_tasks", "import or show which tasks each image is labelled for (partial labels)"),
     "train": ("train", "train a model from a config (torchrun for several processes)"),
     "eval": ("eval", "evaluate a checkpoint on a split with every metric"),
     "eval-3d": ("eval_3d", "Cityscapes-3D detection score (mDS) of prediction JSONs, printed as JSON"),

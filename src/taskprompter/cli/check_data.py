@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..data.check import FORMATS, check_dataset
+from ..data.check import FORMATS, check_dataset, labelled_summary
 from ..tasks import TASK_ORDER
 
 
@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     checked, problems = check_dataset(args.format, args.root, args.split, args.tasks)
+    for line in labelled_summary(args.format, args.root, args.split, args.tasks):
+        print(line)
     for line in problems[: args.max_print]:
         print(line)
     if len(problems) > args.max_print:

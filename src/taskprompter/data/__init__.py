@@ -39,7 +39,9 @@ def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str
     """The reader of `format` for `root` / `split` with the enabled `tasks` (None: every task of the format).
     ``edge_protocol="seism"`` gives the boundary ground truth of the published evaluation as the edge target
     instead of the training labels (``boundaries.py``). ``options``: the reader's own keyword options (config
-    ``data.reader_options``, e.g. Cityscapes-3D's ``euler``); one it does not take is a ConfigError naming it."""
+    ``data.reader_options``, e.g. Cityscapes-3D's ``euler``); one it does not take is a ConfigError naming it.
+    Every reader takes ``labelled_tasks`` (config ``data.labelled_tasks``, default "auto"): which tasks each sample
+    is labelled for (`partial.py`)."""
     if format not in DATASETS:
         raise ConfigError(f"unknown dataset format {format!r}; choose one of {list(DATASETS)}")
     if tasks is None and format in DATASET_SPECS:
@@ -50,8 +52,9 @@ def build_dataset(format: str, root: str | Path, split: str, tasks: Sequence[str
         known = [n for n, p in inspect.signature(reader).parameters.items() if p.kind is p.KEYWORD_ONLY]
         unknown = sorted(set(options) - set(known))
         if unknown:
+            own = [n for n in known if n != "labelled_tasks"]  # set by data.labelled_tasks
             raise ConfigError(f"data.reader_options {unknown} are not options of the {format} reader; it takes "
-                              f"{known or 'none'}")
+                              f"{own or 'none'}")
     return reader(root, split, tasks, transform=transform, edge_protocol=edge_protocol, **options)
 
 

@@ -1,7 +1,9 @@
 """What the three readers share: split ids, per-task loaders, shape checks, transforms, RNG, problem reports.
 
 A reader defines `load_image(id)` and one `load_<task>(id, image_hw)` per supported task; each returns a raw
-NumPy array (see `sample.py`) or raises a DataError naming the file. Only the enabled tasks' files are read.
+NumPy array (see `sample.py`) or raises a DataError naming the file. Only the enabled tasks' files are read, and of
+those only the ones a sample is labelled for (partially labelled data, `partial.py`): a task a sample is not
+labelled for is filled with `no_label(task, image_hw)` and its file is never opened.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from torch.utils.data import Dataset
 from ..errors import DataError
 from ..tasks import ordered_tasks
 from .fileio import header_size
-from .sample import Sample, check_shape, new_meta, to_tensors
+from .partial import UNSPLITTABLE, LabelledSetting, SplitRecord, split_record
+from .sample import NO_LABEL, Sample, check_shape, new_meta, to_tensors
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 # edge targets: "train" = the labels the released code trains on; "seism" = the evaluation's ground truth
@@ -50,13 +53,19 @@ def torch_derived_rng() -> np.random.Generator:
 
 
 class TaskDataset(Dataset):
-    """Base of the readers: `ds[i]` -> torch sample; `ds.load_raw(i)` -> NumPy sample before transforms."""
+    """Base of the readers: `ds[i]` -> torch sample; `ds.load_raw(i)` -> NumPy sample before transforms.
+
+    ``labelled_tasks``: which tasks each sample is labelled for -- "auto" (the dataset folder's
+    ``labelled_tasks.json`` if there is one), "all", a record path, or {id: tasks} of this split (`partial.py`);
+    ``listed_ids``: the split's ids before a reader's own filtering (Cityscapes-3D's ``drop_empty``), which the
+    record must name. ``self.labelled`` is the split's record, None when every sample is labelled for every task."""
 
     format: str = ""
     task_channels: dict[str, int] = {}
 
     def __init__(self, root: Path, split: str, tasks: Sequence[str], ids: list[str],
-                 transform: Transform | None = None, edge_protocol: str = "train") -> None:
+                 transform: Transform | None = None, edge_protocol: str = "train", *,
+                 labelled_tasks: LabelledSetting = "auto", listed_ids: Sequence[str] | None = None) -> None:
         if edge_protocol not in EDGE_PROTOCOLS:
             raise ValueError(f"edge_protocol must be one of {EDGE_PROTOCOLS}, got {edge_protocol!r}")
         unsupported = [t for t in tasks if t not in self.task_channels]
@@ -69,6 +78,16 @@ class TaskDataset(Dataset):
         self.ids = ids
         self.transform = transform
         self.edge_protocol = edge_protocol
+        self.labelled: SplitRecord | None = split_record(labelled_tasks, root=root, split=split,
+                                                         ids=list(ids if listed_ids is None else listed_ids),
+                                                         tasks=self.task_channels)
+        for task in (t for t in UNSPLITTABLE if t in self.tasks and self.labelled is not None):
+            missing = [i for i in ids if task not in self.labelled[i]]
+            if missing:
+                raise DataError(f"{task} cannot be partially labelled: the labelled-tasks record of split {split!r} "
+                                f"at {root} leaves it out for {len(missing)} image(s) (e.g. {missing[0]!r}), and an "
+                                f"empty {task} record would train \"no objects here\"; label {task} for every "
+                                "image of the split, or train without it")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -94,17 +113,51 @@ class TaskDataset(Dataset):
         readers whose released format defines it override this. Default: the edge labels as stored."""
         return self.load_edge(sample_id)
 
+    # -- partial labels -----------------------------------------------------------------------------------
+    def labelled_flags(self, sample_id: str) -> dict[str, bool]:
+        """{enabled task: whether sample `sample_id` is labelled for it} (all True without a record)."""
+        if self.labelled is None:
+            return dict.fromkeys(self.tasks, True)
+        return {t: t in self.labelled[sample_id] for t in self.tasks}
+
+    def labelled_tasks_of(self, sample_id: str) -> list[str]:
+        """The enabled tasks sample `sample_id` is labelled for: the only ones whose files it reads."""
+        return [t for t, flag in self.labelled_flags(sample_id).items() if flag]
+
+    def no_label_value(self, task: str) -> float:
+        """The value every pixel of a target holds where it is invalid (`sample.NO_LABEL`; readers whose task
+        encodes invalid pixels otherwise override this)."""
+        if task not in NO_LABEL:
+            raise DataError(f"{task} has no 'no label' value: it cannot be partially labelled")
+        return NO_LABEL[task]
+
+    def no_label(self, task: str, image_hw: tuple[int, int]) -> np.ndarray:
+        """The raw target of a task a sample is not labelled for: a map of `no_label_value` (normals (H, W, 3)
+        float32, depth (H, W) float32, class / edge / saliency maps (H, W) int64)."""
+        value = self.no_label_value(task)
+        if task == "normals":
+            return np.full((*image_hw, 3), value, dtype=np.float32)
+        if task == "depth":
+            return np.full(image_hw, value, dtype=np.float32)
+        return np.full(image_hw, value, dtype=np.int64)
+
     # -- samples ------------------------------------------------------------------------------------------
     def load_raw(self, index: int) -> Sample:
-        """Read sample `index` from disk (no transform). Raises DataError on the first problem."""
+        """Read sample `index` from disk (no transform). Raises DataError on the first problem. Tasks the sample is
+        not labelled for are not read: they hold `no_label`, and ``raw["labelled"]`` says which."""
         sample_id = self.ids[index]
         image = self.load_image(sample_id)
         raw: Sample = {"image": image}
+        labelled = self.labelled_flags(sample_id)
         for task in self.tasks:
+            if not labelled[task]:
+                raw[task] = self.no_label(task, image.shape[:2])
+                continue
             value = self.load_task(task, sample_id)
             self.check_value(task, value, image.shape[:2], sample_id)
             raw[task] = value
         raw["meta"] = new_meta(sample_id, image.shape[:2])
+        raw["labelled"] = labelled
         return raw
 
     def check_value(self, task: str, value: Any, image_hw: tuple[int, int], sample_id: str) -> None:
@@ -135,7 +188,7 @@ class TaskDataset(Dataset):
             image_hw = self.load_image(sample_id).shape[:2]
         except DataError as err:
             found.append(str(err))
-        for task in self.tasks:
+        for task in self.labelled_tasks_of(sample_id):
             try:
                 value = self.load_task(task, sample_id)
                 if image_hw is not None:
@@ -145,8 +198,10 @@ class TaskDataset(Dataset):
         return found
 
     def header_files(self, sample_id: str) -> list[tuple[str, Path]]:
-        """(what, path) of every file sample `sample_id` reads for the enabled tasks, the image first."""
-        return [("image", self.image_path(sample_id))] + [(t, self.task_path(t, sample_id)) for t in self.tasks]
+        """(what, path) of every file sample `sample_id` reads for the enabled tasks it is labelled for, the image
+        first."""
+        return [("image", self.image_path(sample_id))] + [(t, self.task_path(t, sample_id))
+                                                          for t in self.labelled_tasks_of(sample_id)]
 
     def check_headers(self, index: int) -> list[str]:
         """What the files' headers alone show wrong with sample `index` -- a missing, unidentifiable or truncated
@@ -172,5 +227,8 @@ class TaskDataset(Dataset):
         return found
 
     def describe(self) -> dict[str, Any]:
-        return {"format": self.format, "root": str(self.root), "split": self.split, "tasks": self.tasks,
-                "num_samples": len(self)}
+        out = {"format": self.format, "root": str(self.root), "split": self.split, "tasks": self.tasks,
+               "num_samples": len(self)}
+        if self.labelled is not None:
+            out["labelled"] = {t: sum(t in self.labelled[i] for i in self.ids) for t in self.tasks}
+        return out

@@ -15,6 +15,7 @@ from ..errors import TaskPrompterError
 from . import build_dataset
 from .cityscapes3d import list_splits as cityscapes3d_splits
 from .fileio import list_splits
+from .partial import record_path, summary_lines
 
 FORMATS = ("pascal_context", "nyud", "custom", "cityscapes3d")
 SPLIT_DIRS = {"pascal_context": ("ImageSets/Context", "PASCALContext/ImageSets/Context"),
@@ -59,6 +60,24 @@ def check_dataset(fmt: str, root: Path, splits: Sequence[str] | None = None,
                 problems.append(f"[{split}] {sample_id}: {message}")
             checked += 1
     return checked, problems
+
+
+def labelled_summary(fmt: str, root: Path, splits: Sequence[str] | None = None,
+                     tasks: Sequence[str] | None = None) -> list[str]:
+    """The record of partial labels the readers use (`partial.py`): its path, then one line per partially labelled
+    split (images labelled per task); [] when every split is fully labelled. Splits that cannot be opened are
+    left out (`check_dataset` reports them)."""
+    lines: list[str] = []
+    path = None
+    for split in (list(splits) if splits else find_splits(fmt, root)):
+        try:
+            ds = build_dataset(fmt, root, split, tasks)
+        except TaskPrompterError:
+            continue
+        if ds.labelled is not None:
+            path = record_path(ds.root)
+            lines += summary_lines({split: ds.labelled}, ds.tasks)
+    return [f"partial labels ({path}):", *(f"  {line}" for line in lines)] if lines else []
 
 
 def header_problems(ds: Dataset, *, shard: tuple[int, int] = (0, 1), threads: int = 8) -> tuple[int, list[str]]:

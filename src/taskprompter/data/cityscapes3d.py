@@ -31,6 +31,7 @@ from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
 from .fileio import header_size, read_image, read_label_png
 from .geometry import EULER_MODES, Camera, amodal_boxes, boxes_to_sensor, sensor_corners, xywh_to_xyxy
+from .partial import LabelledSetting
 from .sample import Sample, check_shape
 
 NUM_LABEL_IDS = 34  # Cityscapes labelIds 0..33 (license plate, -1, is never stored in a labelIds PNG)
@@ -154,14 +155,16 @@ class Cityscapes3D(TaskDataset):
     """Cityscapes-3D multi-task reader: semseg (19 train ids), depth (disparity in pixels, -1 = invalid), 3ddet
     (the boxes of car, truck, bus, train, motorcycle, bicycle).
 
-    ``euler``: which three angles the records carry ("fixed" or "faithful", see `geometry.sensor_angles`)."""
+    ``euler``: which three angles the records carry ("fixed" or "faithful", see `geometry.sensor_angles`).
+    ``labelled_tasks``: partial labels (`TaskDataset`); a record names the split's ids before ``drop_empty``, an
+    unlabelled disparity is -1 (invalid) everywhere, and 3ddet cannot be partially labelled."""
 
     format = "cityscapes3d"
     task_channels = dict(DATASET_SPECS[format].tasks)
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None,
                  edge_protocol: str = "train", *, rail_track_sky: bool = True, drop_empty: bool | None = None,
-                 euler: str = "fixed") -> None:
+                 euler: str = "fixed", labelled_tasks: LabelledSetting = "auto") -> None:
         if euler not in EULER_MODES:
             raise ValueError(f"euler must be one of {EULER_MODES}, got {euler!r}")
         root = resolve_root(root, marker="leftImg8bit", subdir="Cityscapes")
@@ -171,7 +174,7 @@ class Cityscapes3D(TaskDataset):
                             f"{list_splits(root)}")
         suffix = "_" + FILES["image"][1]
         self._city = {p.name[: -len(suffix)]: p.parent.name for p in images.glob(f"*/*{suffix}")}
-        ids = sorted(self._city)
+        ids = listed = sorted(self._city)
         if not ids:
             raise DataError(f"no images in {images} (expected <city>/<city>_<seq>_<frame>{suffix})")
         self.rail_track_sky = rail_track_sky
@@ -180,7 +183,8 @@ class Cityscapes3D(TaskDataset):
         if self.drop_empty:
             self.root, self.split = root, split  # `_path` needs them before TaskDataset sets them
             ids = [i for i in ids if self._has_boxes(i)]
-        super().__init__(root, split, tasks, ids, transform, edge_protocol)
+        super().__init__(root, split, tasks, ids, transform, edge_protocol, labelled_tasks=labelled_tasks,
+                         listed_ids=listed)  # a labelled-tasks record names the ids before drop_empty
 
     # -- paths --------------------------------------------------------------------------------------------
     def _path(self, kind: str, sample_id: str) -> Path:
@@ -198,9 +202,10 @@ class Cityscapes3D(TaskDataset):
 
     def header_files(self, sample_id: str) -> list[tuple[str, Path]]:
         """The PNGs of a sample (the JSON has no image header: `check_headers` parses it)."""
+        labelled = self.labelled_tasks_of(sample_id)
         files = [("image", self.image_path(sample_id))]
-        files += [(t, self.task_path(t, sample_id)) for t in self.tasks if t != "3ddet"]
-        if "depth" in self.tasks and self.rail_track_sky and "semseg" not in self.tasks:
+        files += [(t, self.task_path(t, sample_id)) for t in labelled if t != "3ddet"]
+        if "depth" in labelled and self.rail_track_sky and "semseg" not in labelled:
             files.append(("labelIds (rail track mask of the disparity)", self.label_ids_path(sample_id)))
         return files
 
@@ -282,6 +287,10 @@ class Cityscapes3D(TaskDataset):
             return parse_annotation(data, euler=self.euler)
         except ValueError as err:
             raise DataError(f"{self.task_path('3ddet', sample_id)}: 3ddet: {err}") from err
+
+    def no_label_value(self, task: str) -> float:
+        """Disparity: -1 is invalid (0 is a valid, far disparity)."""
+        return INVALID_DISPARITY if task == "depth" else super().no_label_value(task)
 
     # -- samples ------------------------------------------------------------------------------------------
     def check_value(self, task: str, value: Any, image_hw: tuple[int, int], sample_id: str) -> None:

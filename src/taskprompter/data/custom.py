@@ -32,6 +32,7 @@ from ..errors import ConfigError, DataError
 from ..tasks import IGNORE_INDEX, TASK_ORDER, TASKS
 from .base import TaskDataset, Transform
 from .fileio import list_splits, read_depth_npy, read_image, read_label_png, read_normals_png, read_split
+from .partial import LabelledSetting
 from .sample import check_labels
 
 CONFIG_NAME = "dataset.yaml"
@@ -92,7 +93,8 @@ class CustomDataset(TaskDataset):
     format = "custom"
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str] | None = None,
-                 transform: Transform | None = None, edge_protocol: str = "train") -> None:
+                 transform: Transform | None = None, edge_protocol: str = "train", *,
+                 labelled_tasks: LabelledSetting = "auto") -> None:
         root = Path(root).expanduser()
         self.config = load_config(root)
         self.specs: dict[str, dict] = self.config["tasks"]
@@ -101,7 +103,8 @@ class CustomDataset(TaskDataset):
         self.classes = {t: list(s["classes"]) for t, s in self.specs.items() if "classes" in s}
         split_dir = root / self.config.get("split_dir", "splits")
         ids = read_split(split_dir / f"{split}.txt", available=list_splits(split_dir))
-        super().__init__(root, split, list(self.specs) if tasks is None else tasks, ids, transform, edge_protocol)
+        super().__init__(root, split, list(self.specs) if tasks is None else tasks, ids, transform, edge_protocol,
+                         labelled_tasks=labelled_tasks)
         self.image_dir = root / self.config.get("image_dir", "images")
 
     def image_path(self, sample_id: str) -> Path:

@@ -19,6 +19,7 @@ from ..tasks import DATASET_SPECS, IGNORE_INDEX
 from .base import TaskDataset, Transform, resolve_root
 from .boundaries import seism_ground_truth
 from .fileio import list_splits, read_depth_npy, read_image, read_label_png, read_normals_png, read_split
+from .partial import LabelledSetting
 from .sample import check_labels
 
 _FILES = {"semseg": ("segmentation", ".png"), "depth": ("depth", ".npy"), "normals": ("normals", ".png"),
@@ -32,10 +33,10 @@ class NYUD(TaskDataset):
     task_channels = dict(DATASET_SPECS[format].tasks)
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None,
-                 edge_protocol: str = "train") -> None:
+                 edge_protocol: str = "train", *, labelled_tasks: LabelledSetting = "auto") -> None:
         root = resolve_root(root, marker="gt_sets", subdir="NYUDv2")
         ids = read_split(root / "gt_sets" / f"{split}.txt", available=list_splits(root / "gt_sets"))
-        super().__init__(root, split, tasks, ids, transform, edge_protocol)
+        super().__init__(root, split, tasks, ids, transform, edge_protocol, labelled_tasks=labelled_tasks)
 
     def image_path(self, sample_id: str) -> Path:
         return self.root / "images" / f"{sample_id}.png"

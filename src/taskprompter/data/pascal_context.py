@@ -26,6 +26,7 @@ from .base import TaskDataset, Transform, resolve_root
 from .boundaries import context_edges, seism_ground_truth
 from .classes import NUM_CONTEXT_CLASSES, PERSON_PART_IDS, VOC_PERSON, context_normals_valid_ids
 from .fileio import list_splits, read_image, read_label_png, read_mat, read_normals_png, read_split
+from .partial import LabelledSetting
 from .sample import check_labels
 
 SEMSEG_DIRS = ("semseg/pascal-context", "semseg/VOC12")
@@ -78,11 +79,11 @@ class PascalContext(TaskDataset):
     task_channels = dict(DATASET_SPECS[format].tasks)
 
     def __init__(self, root: str | Path, split: str, tasks: Sequence[str], transform: Transform | None = None,
-                 edge_protocol: str = "train") -> None:
+                 edge_protocol: str = "train", *, labelled_tasks: LabelledSetting = "auto") -> None:
         root = resolve_root(root, marker="ImageSets", subdir="PASCALContext")
         splits = root / "ImageSets" / "Context"
         ids = read_split(splits / f"{split}.txt", available=list_splits(splits))
-        super().__init__(root, split, tasks, ids, transform, edge_protocol)
+        super().__init__(root, split, tasks, ids, transform, edge_protocol, labelled_tasks=labelled_tasks)
         self._shapes: dict[str, tuple[int, int]] = {}
 
     # -- paths --------------------------------------------------------------------------------------------
@@ -104,7 +105,8 @@ class PascalContext(TaskDataset):
         }[task]
 
     def header_files(self, sample_id: str) -> list[tuple[str, Path]]:
-        extra = [("normals mask (LabelMap)", self.context_path(sample_id))] if "normals" in self.tasks else []
+        labelled = self.labelled_tasks_of(sample_id)
+        extra = [("normals mask (LabelMap)", self.context_path(sample_id))] if "normals" in labelled else []
         return super().header_files(sample_id) + extra
 
     # -- loaders ------------------------------------------------------------------------------------------

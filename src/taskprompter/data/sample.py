@@ -4,10 +4,14 @@ On disk -> *raw sample* (NumPy, channels last, what transforms see):
     image float32 (H, W, 3) in [0, 255] (ImageNet-normalised once `Normalize` ran);
     semseg, human_parts, sal, edge int64 (H, W), 255 = ignore; depth float32 (H, W), 0 = invalid;
     normals float32 (H, W, 3), all-zero = invalid; meta {"id", "size": (H0, W0), "pad": (top, bottom, left, right)};
-    3ddet (Cityscapes-3D) a dict of per-object arrays (cityscapes3d.py), meta then also holds "camera".
+    3ddet (Cityscapes-3D) a dict of per-object arrays (cityscapes3d.py), meta then also holds "camera";
+    labelled {task: bool}: whether the sample is labelled for each enabled task (all True without a record of
+    partial labels, `partial.py`); a task it is not labelled for holds the task's `NO_LABEL` value everywhere.
 -> `to_tensors` -> *sample* (torch, channels first): image (3, H, W), depth (1, H, W), normals (3, H, W),
-   label maps (H, W) int64, 3ddet a dict of tensors (float32; int64 for integer fields), meta unchanged.
-   `collate` stacks samples into a batch with a leading B; meta and 3ddet become lists (one entry per sample).
+   label maps (H, W) int64, 3ddet a dict of tensors (float32; int64 for integer fields), labelled {task: bool
+   tensor ()}, meta unchanged.
+   `collate` stacks samples into a batch with a leading B; meta and 3ddet become lists (one entry per sample),
+   labelled a dict of stacked masks: batch["labelled"][task] is a BoolTensor (B,).
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from ..tasks import IGNORE_INDEX
 
 LABEL_TASKS: tuple[str, ...] = ("semseg", "human_parts", "sal", "edge")  # integer maps with 255 = ignore
 KEY_ORDER: tuple[str, ...] = ("image", "semseg", "depth", "human_parts", "sal", "normals", "edge")
+# The "no label" value a target holds where it is invalid: the value of every pixel of a task a sample is not
+# labelled for (readers may differ: Cityscapes-3D's disparity uses -1, `TaskDataset.no_label_value`).
+NO_LABEL: dict[str, float] = {"semseg": IGNORE_INDEX, "human_parts": IGNORE_INDEX, "sal": IGNORE_INDEX,
+                              "edge": IGNORE_INDEX, "depth": 0.0, "normals": 0.0}
 
 Sample = dict[str, Any]
 
@@ -38,6 +46,8 @@ def to_tensors(raw: Sample) -> Sample:
     for key, value in raw.items():
         if key == "meta":
             out[key] = value
+        elif key == "labelled":  # {task: bool}
+            out[key] = {task: torch.tensor(bool(flag)) for task, flag in value.items()}
         elif key == "3ddet":  # per-object arrays, n >= 0 objects
             out[key] = {k: torch.tensor(np.asarray(v), dtype=torch.int64 if np.asarray(v).dtype.kind in "iub"
                                         else torch.float32) for k, v in value.items()}
@@ -62,6 +72,9 @@ def collate(samples: Sequence[Sample]) -> Sample:
         values = [s[key] for s in samples]
         if key in ("meta", "3ddet"):  # per-sample records: a list
             batch[key] = values
+            continue
+        if isinstance(values[0], dict):  # labelled: {task: ()} per sample -> {task: (B,)}
+            batch[key] = {k: torch.stack([torch.as_tensor(v[k]) for v in values]) for k in values[0]}
             continue
         shapes = {tuple(v.shape) for v in values}
         if len(shapes) > 1:

@@ -26,8 +26,9 @@ PAD_VALUE = {"image": 0.0, "semseg": IGNORE_INDEX, "depth": 0.0, "human_parts": 
              "sal": IGNORE_INDEX, "normals": 0.0, "edge": IGNORE_INDEX}  # image 0 = the mean after Normalize
 
 
-# entries of a sample that are not pixel maps: metadata and per-object records (Cityscapes-3D boxes)
-NON_MAPS = ("meta", "3ddet")
+# entries of a sample that are not pixel maps: metadata, per-object records (Cityscapes-3D boxes) and the
+# {task: bool} labelled flags (partial labels), which every transform carries through unchanged
+NON_MAPS = ("meta", "3ddet", "labelled")
 
 
 def _arrays(sample: Sample) -> list[str]:
@@ -161,7 +162,7 @@ class HFlip:
             return sample
         if "3ddet" in sample:
             raise DataError("HFlip does not mirror 3-D boxes: train Cityscapes-3D without flipping (data.flip=false)")
-        out = {k: (v if k == "meta" else np.ascontiguousarray(v[:, ::-1])) for k, v in sample.items()}
+        out = {k: (v if k in NON_MAPS else np.ascontiguousarray(v[:, ::-1])) for k, v in sample.items()}
         if "normals" in out:
             out["normals"][..., 0] *= -1  # a mirrored scene has mirrored surface orientation
         return out

@@ -12,6 +12,7 @@ uint8(p * 255), normals as PNG RGB, depth as .npy metres.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -93,8 +94,14 @@ def dataset_transform(cfg: Config, tasks: list[str], *, train: bool):
 def reader_options(cfg: Config) -> dict[str, Any]:
     """``data.reader_options``, with the Euler convention of the boxes' angles taken from the detector's
     (``model.overrides.detection.euler``, default "fixed") when 3ddet is trained: the reader writes the targets in
-    the convention the detector decodes them with, so the two may not differ."""
+    the convention the detector decodes them with, so the two may not differ; and ``labelled_tasks`` from
+    ``data.labelled_tasks`` (partial labels: auto | all | a record file), for the training and evaluation readers
+    alike."""
     options = dict(cfg.data.reader_options)
+    if "labelled_tasks" in options:
+        raise ConfigError("data.reader_options.labelled_tasks: set data.labelled_tasks instead (auto, all or a record "
+                          "file)")
+    options["labelled_tasks"] = cfg.data.labelled_tasks
     if "3ddet" in cfg.data.tasks:
         euler = dict(cfg.model.overrides.get("detection") or {}).get("euler", "fixed")
         if options.setdefault("euler", euler) != euler:
@@ -167,13 +174,17 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
              batch_size: int = 4, num_workers: int = 0, amp_dtype: torch.dtype | None = None,
              save_dir: str | Path | None = None, progress: bool = False) -> dict[str, dict[str, float]]:
     """{task: {metric: value}} over ``dataset`` (this process's shard; meters all-reduced across processes).
-    ``tasks`` maps each evaluated task to its output channels. The 3-D detection task is scored by mDS
+    ``tasks`` maps each evaluated task to its output channels. Each dense task's meter sees only the samples
+    labelled for it (``batch["labelled"]``, partially labelled data) and its dict adds ``num_samples``, how many
+    it was evaluated on; a task without any labelled sample has every metric NaN and ``num_samples`` 0 (and a
+    warning says so). The 3-D detection task is scored by mDS
     (`metrics.evaluate_cityscapes3d_records`, modal matching as TaskPrompter reports it): every image's boxes are
     decoded, gathered from all processes and scored once; ``save_dir`` also gets them as the official evaluator's
     JSON files (``<save_dir>/3ddet/<stem>leftImg8bit.json``)."""
     detect = [t for t in tasks if TASKS[t].kind == "detect"]
     tasks = {t: c for t, c in tasks.items() if TASKS[t].kind != "detect"}
     meters = build_task_meters(tasks, dataset_format)
+    counts = torch.zeros(len(tasks), dtype=torch.float64)  # samples each task's meter saw (exact in float64)
     boxes: list[tuple[Any, Any]] = []  # (ground-truth record, decoded detections) per image of this process
     shard = Subset(dataset, shard_indices(len(dataset), dist.rank, dist.world_size))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
@@ -192,8 +203,14 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
         broken = first_non_finite(outputs, batch["meta"])
         if broken:  # metrics of NaN/Inf outputs would look plausible (argmax of NaN is 0): stop instead
             break
-        for task in tasks:
-            meters[task].update(outputs[task], batch[task])
+        for k, task in enumerate(tasks):
+            labelled = batch.get("labelled", {}).get(task)
+            if labelled is None or bool(labelled.all()):
+                meters[task].update(outputs[task], batch[task])
+                counts[k] += len(batch["meta"])
+            elif bool(labelled.any()):  # only the samples labelled for the task
+                meters[task].update(outputs[task][labelled], batch[task][labelled])
+                counts[k] += int(labelled.sum())
         if save_dir is not None:
             save_predictions(Path(save_dir), outputs, batch["meta"])
         if detect:
@@ -201,9 +218,15 @@ def evaluate(model: torch.nn.Module, dataset, *, tasks: Mapping[str, int], datas
     model.train(was_training)
     _raise_if_non_finite(broken, dist)
     results = {}
-    for task in tasks:
+    counts = summed_over_processes(counts, dist)
+    for k, task in enumerate(tasks):
         meters[task].all_reduce()
         results[task] = meters[task].compute()
+        if counts[k] == 0 and len(dataset) > 0:
+            warnings.warn(f"evaluation: no sample of the split is labelled for {task}; its metrics are NaN "
+                          "(labelled_tasks.json, docs/data.md)", stacklevel=2)
+            results[task] = {name: float("nan") for name in results[task]}
+        results[task]["num_samples"] = int(counts[k])
     if detect:
         results["3ddet"] = detection_scores(boxes)
     return results
@@ -260,12 +283,18 @@ def _raise_if_non_finite(broken: str, dist: Dist) -> None:
 def format_table(results: dict[str, dict[str, float]]) -> str:
     """Aligned text table: one row per task, the primary metric first, then the other scalar metrics."""
     lines = []
+    counts = {t: v["num_samples"] for t, v in results.items() if isinstance(v.get("num_samples"), int)}
     for task, values in results.items():
         primary = TASKS[task].primary if task in TASKS else next(iter(values), "")
-        keys = [primary] + [k for k in values if k != primary and not k.startswith(("iou_", "class_"))]
+        keys = [primary] + [k for k in values if k != primary and not k.startswith(("iou_", "class_"))
+                            and k != "num_samples"]
         cells = "  ".join(f"{k} {values[k]:.4f}" if k == primary and task == "depth" else f"{k} {values[k]:.2f}"
                           for k in keys if k in values and isinstance(values[k], (int, float)))
         name = TASKS[task].pretty if task in TASKS else task
+        if counts.get(task) == 0:
+            cells = "no labelled sample (metrics NaN)"
+        elif len(set(counts.values())) > 1:  # partially labelled data: say how many samples each task had
+            cells += f"  (n {counts[task]})"
         lines.append(f"  {name:<9} {cells}")
     return "\n".join(lines)
 

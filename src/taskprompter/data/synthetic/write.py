@@ -14,7 +14,9 @@ import numpy as np
 from PIL import Image
 
 from ...errors import ConfigError
+from ...tasks import DATASET_SPECS
 from ..classes import VOC_CLASSES, VOC_PALETTE
+from ..partial import PARTIAL_SETTINGS, record_path, write_labelled_tasks
 from .render import CLASSES, CONTEXT_IDS, FIGURE_PARTS, NYU40_STORED, VOC_IDS, render_scene
 from .scene import PERSON
 
@@ -118,14 +120,23 @@ def _write_one(job: tuple[str, str, int, int, tuple[int, int]]) -> str:
 
 
 def generate(out_dir: str | Path, *, format: str, num: int, size: tuple[int, int] = (128, 160), seed: int = 0,
-             split_ratio: float = 0.8, workers: int = 1, progress: bool = False) -> Path:
+             split_ratio: float = 0.8, workers: int = 1, progress: bool = False, partial_labels: str | None = None,
+             partial_seed: int | None = None) -> Path:
     """Write `num` synthetic samples as a released-format tree in `out_dir` and return that root.
 
     The first round(num * split_ratio) ids go to `train`, the rest to `val` (at least one each when num >= 2).
-    `workers` > 1 renders in that many processes (the bytes do not depend on it)."""
+    `workers` > 1 renders in that many processes (the bytes do not depend on it). ``partial_labels`` "one" or
+    "random" also writes ``labelled_tasks.json`` for the train split (MTPSL's one-label / random-labels settings,
+    `partial.py`, drawn with ``partial_seed``, default ``seed``); every label file is written all the same, so the
+    tree trains fully labelled with ``data.labelled_tasks=all``, and val stays fully labelled."""
     root = Path(out_dir)
     if format not in FORMATS:
         raise ConfigError(f"unknown synthetic format {format!r}; choose one of {list(FORMATS)}")
+    if partial_labels is not None and partial_labels not in PARTIAL_SETTINGS:
+        raise ConfigError(f"unknown partial-labels setting {partial_labels!r}; choose one of {list(PARTIAL_SETTINGS)}")
+    if partial_labels is not None and format not in LAYOUT:
+        raise ConfigError(f"--partial-labels is for the nyud and pascal_context trees (MTPSL's settings); "
+                          f"{format}'s 3ddet cannot be partially labelled")
     if num < 1:
         raise ConfigError(f"--num must be at least 1, got {num}")
     h, w = int(size[0]), int(size[1])
@@ -162,5 +173,11 @@ def generate(out_dir: str | Path, *, format: str, num: int, size: tuple[int, int
     (root / split_dir / "val.txt").write_text("".join(f"{i}\n" for i in val))
     info = {"generator": "taskprompter.data.synthetic", "format": format, "num": num, "size": [h, w], "seed": seed,
             "split_ratio": split_ratio, "classes": list(CLASSES), "train": len(train), "val": len(val)}
+    if partial_labels is not None:
+        tasks = list(DATASET_SPECS[format].tasks)
+        draw = seed if partial_seed is None else int(partial_seed)
+        record = PARTIAL_SETTINGS[partial_labels](train, tasks, seed=draw)
+        write_labelled_tasks(record_path(root), {"train": record})
+        info["partial_labels"] = {"setting": partial_labels, "seed": draw, "split": "train"}
     (root / "synthetic.json").write_text(json.dumps(info, indent=1) + "\n")
     return root
