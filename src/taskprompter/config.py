@@ -67,6 +67,9 @@ class OptimConfig:
     grad_clip: float = 10.0  # max global grad norm (0 = off)
     fused: bool = True  # torch's fused Adam/AdamW kernel (one pass per parameter; ~3x faster steps on CPU than the
     #                     default per-tensor loop); false: torch's default implementation
+    step_in_backward: bool = False  # update each parameter inside the backward, as soon as its gradient is complete,
+    #                                 and free that gradient (the same weights; a step never holds all gradients):
+    #                                 needs grad_clip=0, train.accum_steps=1, one process, no fp16 loss scaling
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """What `taskprompter bench` measures, one configuration at a time: the configuration (``BenchConfig``) and its model,
-forward MACs, a runner for one training step or inference (fp32 or bf16 autocast, eager or ``torch.compile``), the
-parity gate between the efficient and the naive path and the parity of each precision / compile variant against the
-fp32 eager efficient path, interleaved timing (compilation in the warm-up, reported apart), peak memory (CUDA
-allocator, or a fresh subprocess's resident set on the CPU), the dense fp32 and bf16 matmul rates the achieved rate is
-compared with, the device's bf16 capability record, and the machine's and device's names. The groups of a run are in
+forward MACs, a runner for one training step or inference (fp32 or bf16 autocast, eager or ``torch.compile``, the
+optimiser step after the backward or fused into it), the parity gate between the efficient and the naive path, the
+parity of each precision / compile variant against the fp32 eager efficient path and of the step in the backward
+against the ordinary step, interleaved timing (compilation in the warm-up, reported apart), peak memory (CUDA
+allocator, or a fresh subprocess's resident set on the CPU) and its breakdown (runtime, weights, optimiser state,
+gradients, activations), the dense fp32 and bf16 matmul rates the achieved rate is compared with, the device's bf16
+capability record, and the machine's and device's names. The groups of a run are in
 ``suite.py``, the CSV rows in ``results.py``; arguments and printing in ``taskprompter.cli.bench``.
 """
 
@@ -17,7 +19,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from typing import Any
 import torch
 
 from ..engine import precision
+from ..engine.optim import StepInBackward
 from ..errors import ConfigError
 from ..model.build import preset_kwargs
 from ..model.profile import profile_model
@@ -64,24 +67,28 @@ class BenchConfig:
     device: str = "cpu"
     amp: str = "off"  # off | bf16: bf16 autocast on the CPU or CUDA ("none" is read as off)
     compile: bool = False  # the model through torch.compile (compiled in the warm-up, timed apart)
+    step_in_backward: bool = False  # training: Adam stepped per parameter inside the backward (optim.step_in_backward)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amp", canonical_bench_amp(self.amp))
 
     @property
     def variant(self) -> str:
-        return variant_name(self.impl, self.grad_checkpointing, self.recompute, self.amp, self.compile)
+        return variant_name(self.impl, self.grad_checkpointing, self.recompute, self.amp, self.compile,
+                            self.step_in_backward)
 
     @property
     def label(self) -> str:
         return f"{self.variant}/{self.mode}"
 
 
-def variant_name(impl: str, grad_ckpt: bool, recompute: str, amp: str = "off", compile: bool = False) -> str:
+def variant_name(impl: str, grad_ckpt: bool, recompute: str, amp: str = "off", compile: bool = False,
+                 step_in_backward: bool = False) -> str:
     """efficient, efficient+ckpt, efficient+rc-off, naive, efficient+bf16, efficient+compile, efficient+bf16+compile,
-    efficient+ckpt+bf16, ..."""
+    efficient+ckpt+bf16, efficient+ckpt+step-in-bwd, efficient+ckpt+step-in-bwd+bf16, ..."""
     return (impl + ("+ckpt" if grad_ckpt else "")
             + (f"+rc-{recompute}" if impl == "efficient" and recompute not in ("auto", "-") else "")
+            + ("+step-in-bwd" if step_in_backward else "")
             + ("+bf16" if canonical_bench_amp(amp) == "bf16" else "") + ("+compile" if compile else ""))
 
 
@@ -161,8 +168,12 @@ def bench_loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def amp_context(cfg: BenchConfig) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the configuration's device type for amp=bf16; a disabled autocast for off."""
-    return torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    """bf16 autocast on the configuration's device type for amp=bf16; a disabled autocast for off. As the trainer,
+    without autocast's weight cache under grad_checkpointing: the cache would keep a bf16 copy of every weight to the
+    end of the forward (at config A 70 MiB of the step's peak), though the checkpointed segments store nothing and
+    recast in the backward (the same values, bit for bit; the same step time)."""
+    return torch.autocast(cfg.device.split(":")[0], dtype=torch.bfloat16, enabled=cfg.amp == "bf16",
+                          cache_enabled=not cfg.grad_checkpointing)
 
 
 def compile_model(model: torch.nn.Module, backend: str | None = None) -> Callable:
@@ -174,7 +185,9 @@ def compile_model(model: torch.nn.Module, backend: str | None = None) -> Callabl
 class Runner:
     """One model, its optimiser and a fixed input batch; ``step()`` runs one training step or one inference, under
     bf16 autocast for amp=bf16 (the loss in fp32) and through ``torch.compile`` for compile=True (the wrapper is made
-    here; dynamo and the backend compile in the first steps, which ``time_interleaved`` counts as ``compile_s``)."""
+    here; dynamo and the backend compile in the first steps, which ``time_interleaved`` counts as ``compile_s``).
+    With step_in_backward the optimiser is the trainer's ``StepInBackward``: it updates each parameter inside the
+    backward (hooks on the model's parameters: a model is not shared with another runner's optimiser then)."""
 
     def __init__(self, cfg: BenchConfig, model: torch.nn.Module | None = None, seed: int = 0,
                  backend: str | None = None) -> None:
@@ -184,6 +197,8 @@ class Runner:
         self.images = torch.randn(cfg.batch, 3, *self.model.img_size, generator=gen).to(cfg.device)
         # tiny lr: weights stay sane; fused, as the trainer's default (the same optimiser for both paths)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-6, fused=True)
+        if cfg.step_in_backward and cfg.mode == "train":
+            self.optimizer = StepInBackward(self.optimizer)
         self.autocast = cfg.amp == "bf16"
         self.compiled = compile_model(self.model, backend) if cfg.compile else None
         self.compile_s: float | None = None  # set by time_interleaved for a compiled runner
@@ -290,6 +305,20 @@ def check_variant_parity(cfg: BenchConfig, seed: int = 0, backend: str | None = 
     return errors
 
 
+def check_step_in_backward_parity(cfg: BenchConfig, seed: int = 0, steps: int = 2) -> dict[str, float]:
+    """The optimiser step fused into the backward (``cfg``, step_in_backward) against the ordinary step after it: two
+    runners with the same weights and images, ``steps`` training steps each (drop-path seeded alike), then the
+    largest relative difference of any parameter, {"weights": ...}; 0 when they agree bit for bit, as they must."""
+    eager = replace(cfg, mode="train", compile=False)
+    ordinary, fused = Runner(replace(eager, step_in_backward=False), seed=seed), Runner(eager, seed=seed)
+    for step in range(steps):
+        for runner in (ordinary, fused):
+            torch.manual_seed(seed + 3 + step)
+            runner.step()
+    return {"weights": max(relative_error(b, a) for a, b in zip(ordinary.model.parameters(),
+                                                                 fused.model.parameters()))}
+
+
 # ------------------------------------------------------------------------------------------------- timing
 
 
@@ -360,14 +389,53 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
+MIB = 2 ** 20
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def memory_breakdown(*, peak: float, base: float, runtime: float, model: torch.nn.Module,
+                     optimizer: torch.optim.Optimizer | StepInBackward) -> dict[str, float]:
+    """Where a step's peak goes, in MiB (``peak``, ``base``: the step's peak and what is held just before it;
+    ``runtime``: the process before the model was built, 0 for a GPU's allocator):
+
+    weights         the parameters and buffers
+    optim_state     the tensors of the optimiser's state (Adam: two moments per parameter and its step count)
+    grads           the gradients: all of them after an ordinary step's backward; inside the backward
+                    (``StepInBackward``) each is freed after its update, so one parameter's at a time (the largest)
+    activations     what the step adds beyond the gradients: the stored activations, their recomputation and the
+                    backward's temporaries (peak - base - grads)
+    other           what the process holds between steps beyond runtime, weights and optimiser state: libraries and
+                    caches the first steps loaded, the allocator's retained blocks, the input batch
+
+    runtime + weights + optim_state + other + grads + activations = peak. Where the peak comes before the last
+    gradient exists (early in an ordinary backward), ``activations`` is a lower bound."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(optimizer, StepInBackward):
+        grads = max((p.numel() * p.element_size() for p in trainable), default=0)
+    else:
+        grads = tensor_bytes(p.grad for p in trainable if p.grad is not None)
+    weights = tensor_bytes([*model.parameters(), *model.buffers()])
+    state = tensor_bytes(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+    out = {"runtime_mib": runtime, "weights_mib": weights / MIB, "optim_state_mib": state / MIB,
+           "grads_mib": grads / MIB}
+    out["other_mib"] = base - runtime - out["weights_mib"] - out["optim_state_mib"]
+    out["activations_mib"] = peak - base - out["grads_mib"]
+    return out
+
+
 def memory_child(spec: dict[str, Any]) -> None:
-    """Run in a fresh process: print the JSON peak memory of one steady-state step of ``spec`` (a BenchConfig)."""
+    """Run in a fresh process: print the JSON peak memory of one steady-state step of ``spec`` (a BenchConfig) and
+    its breakdown (``memory_breakdown``)."""
     import gc
     import resource
 
     torch.set_num_threads(int(spec.pop("threads")))
     backend = spec.pop("backend", None)
     cfg = BenchConfig(**{**spec, "img_size": tuple(spec["img_size"]) if spec["img_size"] else None})
+    runtime = _status_kib("VmRSS")  # the process before the model is built: Python, torch, this package
     runner = Runner(cfg, backend=backend)
     runner.step()  # allocates the optimiser state (and compiles); the first step's transients are then returned
     if cfg.compile:
@@ -383,13 +451,17 @@ def memory_child(spec: dict[str, Any]) -> None:
         exact = False
     runner.step()
     peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mib": peak / 1024, "base_mib": (base or 0) / 1024,
-                      "step_mib": (peak - (base or 0)) / 1024, "exact": exact}))
+    result = {"peak_mib": peak / 1024, "base_mib": (base or 0) / 1024, "step_mib": (peak - (base or 0)) / 1024,
+              "exact": exact}
+    result.update(memory_breakdown(peak=result["peak_mib"], base=result["base_mib"], runtime=(runtime or 0) / 1024,
+                                   model=runner.model, optimizer=runner.optimizer))
+    print(json.dumps(result))
 
 
 def measure_memory(cfg: BenchConfig, backend: str | None = None) -> dict[str, float]:
     """Peak memory of one training step or inference: {peak_mib, base_mib, step_mib} (see the docstring of
-    ``taskprompter.cli.bench``); a compiled configuration after its compilation."""
+    ``taskprompter.cli.bench``) and its breakdown (``memory_breakdown``: runtime_mib, weights_mib, optim_state_mib,
+    grads_mib, other_mib, activations_mib); a compiled configuration after its compilation."""
     if cfg.device.startswith("cuda"):
         runner = Runner(cfg, backend=backend)
         runner.step()
@@ -402,9 +474,12 @@ def measure_memory(cfg: BenchConfig, backend: str | None = None) -> dict[str, fl
         runner.step()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
+        result = {"peak_mib": peak / MIB, "base_mib": base / MIB, "step_mib": (peak - base) / MIB}
+        result.update(memory_breakdown(peak=result["peak_mib"], base=result["base_mib"], runtime=0.0,
+                                       model=runner.model, optimizer=runner.optimizer))
         del runner
         torch.cuda.empty_cache()
-        return {"peak_mib": peak / 2 ** 20, "base_mib": base / 2 ** 20, "step_mib": (peak - base) / 2 ** 20}
+        return result
     spec = {**asdict(cfg), "threads": torch.get_num_threads(), "backend": backend or COMPILE_BACKEND}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}

@@ -32,7 +32,7 @@ def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memo
     row = {
         "sweep": sweep, "preset": cfg.preset, "variant": cfg.variant, "impl": cfg.impl, "mode": cfg.mode,
         "grad_ckpt": int(cfg.grad_checkpointing), "recompute": cfg.recompute if cfg.impl == "efficient" else "-",
-        "amp": cfg.amp, "compile": int(cfg.compile),
+        "amp": cfg.amp, "compile": int(cfg.compile), "step_in_backward": int(cfg.step_in_backward),
         "tasks": len(model_kwargs(cfg)["tasks"]), "img_h": H, "img_w": W, "tokens": (H // 16) * (W // 16),
         "batch": cfg.batch, "repeats": len(times), "sec_per_step": med, "sec_min": min(times), "sec_max": max(times),
         "spread_pct": 100 * (max(times) - min(times)) / med, "img_per_s": cfg.batch / med, "latency_ms": 1e3 * med,
@@ -40,7 +40,7 @@ def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memo
         "share_of_matmul_pct": 100 * achieved / rate,
     }
     if memory:
-        row.update(peak_mib=memory["peak_mib"], step_mib=memory["step_mib"])
+        row.update({k: memory[k] for k in ("peak_mib", "step_mib", *BREAKDOWN) if k in memory})
     return row
 
 
@@ -49,14 +49,16 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
     ``speedup_vs_naive_fp32`` (the fp32 naive row's time / this time: the naive path, always fp32 eager, stands in for
     the released structure), ``speedup_vs_efficient_fp32`` (against the fp32 eager efficient row: what bf16 or
     compilation buys alone), the memory ratios against the naive row, and for a memory variant (grad_checkpointing, a
-    recompute mode) ``time_vs_plain``, against the efficient row of the same precision and compilation."""
+    recompute mode, the optimiser step in the backward) ``time_vs_plain``, against the efficient row of the same
+    precision and compilation."""
     key = ("sweep", "preset", "mode", "tasks", "img_h", "img_w", "batch")
 
     def prec(r: dict[str, Any]) -> tuple:
         return r.get("amp", "off"), int(r.get("compile", 0))
 
     def memory_variant(r: dict[str, Any]) -> bool:
-        return bool(r.get("grad_ckpt")) or r.get("recompute", "auto") not in ("auto", "-")
+        return (bool(r.get("grad_ckpt")) or r.get("recompute", "auto") not in ("auto", "-")
+                or bool(r.get("step_in_backward")))
 
     naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive" and prec(r) == ("off", 0)}
     plain = {(tuple(r[k] for k in key), prec(r)): r for r in rows if r["impl"] == "efficient" and not memory_variant(r)}
@@ -95,9 +97,11 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
     return path
 
 
-COLUMNS = ["sweep", "preset", "variant", "impl", "mode", "grad_ckpt", "recompute", "amp", "compile", "tasks", "img_h",
-           "img_w", "tokens", "batch", "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct", "img_per_s",
-           "latency_ms", "compile_s", "gmacs_per_img", "achieved_gmac_s", "matmul_gmac_s", "share_of_matmul_pct",
-           "speedup_vs_naive_fp32", "speedup_vs_efficient_fp32", "time_vs_plain", "parity_outputs",
-           "parity_gradients", "parity_ok", "peak_mib", "step_mib", "peak_ratio", "step_ratio", "paper_params_m",
-           "paper_gmacs", "vitl_params_m", "vitl_gmacs"]
+# the breakdown of a step's peak memory (``measure.memory_breakdown``), in MiB; they add up to peak_mib
+BREAKDOWN = ("runtime_mib", "weights_mib", "optim_state_mib", "other_mib", "grads_mib", "activations_mib")
+COLUMNS = ["sweep", "preset", "variant", "impl", "mode", "grad_ckpt", "recompute", "amp", "compile", "step_in_backward",
+           "tasks", "img_h", "img_w", "tokens", "batch", "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct",
+           "img_per_s", "latency_ms", "compile_s", "gmacs_per_img", "achieved_gmac_s", "matmul_gmac_s",
+           "share_of_matmul_pct", "speedup_vs_naive_fp32", "speedup_vs_efficient_fp32", "time_vs_plain",
+           "parity_outputs", "parity_gradients", "parity_weights", "parity_ok", "peak_mib", "step_mib", "peak_ratio",
+           "step_ratio", *BREAKDOWN, "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]

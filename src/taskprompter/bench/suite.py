@@ -1,7 +1,7 @@
 """The groups of one `taskprompter bench` run: which configurations are timed together (``plan_groups``: fp32 naive
-and efficient, bf16, compiled, the memory variants), timing them interleaved with the variants' parity and their
-memory measured after (``bench_group``), an operator profile per configuration, and the paper's Table 8 beside the
-task sweep."""
+and efficient, bf16, compiled, the memory variants, the optimiser step in the backward), timing them interleaved with
+the variants' parity and their memory measured after (``bench_group``), an operator profile per configuration, and the
+paper's Table 8 beside the task sweep."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .measure import (
     BenchConfig,
     Runner,
     canonical_bench_amp,
+    check_step_in_backward_parity,
     check_variant_parity,
     macs_per_image,
     measure_memory,
@@ -37,12 +38,13 @@ PAPER_TABLE8 = {1: (364, 389), 2: (373, 416), 3: (383, 443), 4: (392, 470), 5: (
 
 def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", sizes: list[int] = (),
                 grad_ckpt: bool = False, recompute: list[str] = (), amps: list[str] = ("off",),
-                compile: bool = False) -> list[tuple[str, list[BenchConfig]]]:
+                compile: bool = False, step_in_backward: bool = False) -> list[tuple[str, list[BenchConfig]]]:
     """(sweep name, configurations) per group; one group per task count or input size for a sweep. In every mode:
     the efficient and the naive path in fp32 eager (the naive one is the released structure's stand-in every ratio
     is taken against), the efficient path in each further precision of ``amps`` (bf16), and with ``compile`` the
     efficient path compiled in each precision; then the training step's memory variants: grad_checkpointing (in each
-    precision) and the selective-recompute modes (fp32)."""
+    precision), the selective-recompute modes (fp32) and, with ``step_in_backward``, the optimiser step inside the
+    backward for the efficient path and for grad_checkpointing, in each precision (eager)."""
     precisions = ["off"] + [a for a in dict.fromkeys(canonical_bench_amp(a) for a in amps) if a != "off"]
     if sweep == "tasks":
         total = len(model_kwargs(base)["tasks"]) if base.tasks is None else base.tasks
@@ -64,12 +66,16 @@ def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", siz
             cfgs += [replace(cfg, mode="train", grad_checkpointing=True, amp=a) for a in precisions]
         if "train" in modes:
             cfgs += [replace(cfg, mode="train", recompute=m) for m in recompute]
+        if step_in_backward and "train" in modes:
+            cfgs += [replace(cfg, mode="train", grad_checkpointing=ckpt, amp=a, step_in_backward=True)
+                     for ckpt in ([False, True] if grad_ckpt else [False]) for a in precisions]
         groups.append((name, cfgs))
     return groups
 
 
 def is_variant(cfg: BenchConfig) -> bool:
-    """A precision or compile variant: checked against the fp32 eager efficient path (``check_variant_parity``)."""
+    """A precision or compile variant: checked against the fp32 eager efficient path (``check_variant_parity``; the
+    step in the backward, against the ordinary step: ``check_step_in_backward_parity``)."""
     return cfg.amp != "off" or cfg.compile
 
 
@@ -90,10 +96,12 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
                 rate: float | dict[str, float], sweep: str, profile_dir: Path | None = None,
                 backend: str | None = None, parity: bool = True) -> list[dict[str, Any]]:
     """Time ``cfgs`` interleaved (train and infer of one path, and its precision / compile variants, share the model;
-    compiled ones compile in their warm-up, reported as ``compile_s``), then check each precision / compile variant
-    against the fp32 eager efficient path (after the timing, so that the timed compilation is a first one), then
-    measure each one's memory. ``rate``: the dense matmul rate of each precision ({"off": fp32, "bf16": bf16}; one
-    number: the same for all), the row's share of the matmul rate is of its precision's."""
+    compiled ones compile in their warm-up, reported as ``compile_s``; a runner with the step in the backward has a
+    model of its own, whose parameters carry its hooks), then check each precision / compile variant against the fp32
+    eager efficient path (after the timing, so that the timed compilation is a first one) and each step in the
+    backward against the ordinary step, then measure each one's memory and its breakdown. ``rate``: the dense matmul
+    rate of each precision ({"off": fp32, "bf16": bf16}; one number: the same for all), the row's share of the
+    matmul rate is of its precision's."""
     rates = rate if isinstance(rate, dict) else {"off": rate, "bf16": rate}
     models: dict[tuple, torch.nn.Module] = {}
     runners = []
@@ -101,12 +109,12 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
     rows = []
     with dynamo_cache(any_compiled):
         for c in cfgs:
-            key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size)
+            key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size, c.step_in_backward and c.amp)
             runners.append(Runner(c, model=models.get(key), backend=backend))
             if key not in models:
                 models[key] = runners[-1].model
                 if c.impl == "naive":  # the same weights as the efficient model, when it exists
-                    twin = models.get(("efficient", False, "auto", c.tasks, c.img_size))
+                    twin = models.get(("efficient", False, "auto", c.tasks, c.img_size, False))
                     if twin is not None:
                         runners[-1].model.load_state_dict(twin.state_dict())
         times = time_interleaved(runners, repeats=repeats, warmup=warmup, min_time=min_time)
@@ -119,9 +127,11 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
         if parity:
             modes = tuple(dict.fromkeys(c.mode for c in cfgs))
             for c in cfgs:
-                key = replace(c, mode="train")
+                key = replace(c, mode="train", step_in_backward=False)
                 if is_variant(c) and key not in checks:
                     checks[key] = check_variant_parity(c, backend=backend, modes=modes)
+                if c.step_in_backward and replace(c, mode="train") not in checks:
+                    checks[replace(c, mode="train")] = check_step_in_backward_parity(c)
         for c, t, (compile_s, recompiles) in zip(cfgs, times, compiled):
             macs, _ = macs_per_image(c)
             row = summarize(c, t, macs, rates[c.amp], measure_memory(c, backend) if memory else None, sweep)
@@ -129,8 +139,9 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
                 row["compile_s"] = compile_s
                 if recompiles:
                     row["recompiles_timed"] = recompiles
-            errors = checks.get(replace(c, mode="train"))
-            if errors is not None:
+            errors = {**checks.get(replace(c, mode="train", step_in_backward=False), {}),
+                      **checks.get(replace(c, mode="train"), {})}
+            if errors:
                 row.update(parity_row(c, errors))
             rows.append(row)
     return rows
@@ -138,14 +149,19 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
 
 def parity_row(cfg: BenchConfig, errors: dict[str, float]) -> dict[str, Any]:
     """A variant row's parity columns: its mode's output error (and, training, the gradients' error) against the fp32
-    eager efficient path, and whether they are within ``VARIANT_TOL`` of its precision."""
+    eager efficient path, and whether they are within ``VARIANT_TOL`` of its precision; for the step in the backward
+    the weights' difference from the ordinary step's (``parity_weights``), which must be 0."""
     tol = VARIANT_TOL[cfg.amp]
-    if cfg.mode == "train":
+    out, ok = {}, True
+    if "train_outputs" in errors and cfg.mode == "train":
         out = {"parity_outputs": errors["train_outputs"], "parity_gradients": errors["gradients"]}
         ok = out["parity_outputs"] <= tol["outputs"] and out["parity_gradients"] <= tol["gradients"]
-    else:
+    elif "eval_outputs" in errors:
         out = {"parity_outputs": errors["eval_outputs"]}
         ok = out["parity_outputs"] <= tol["outputs"]
+    if "weights" in errors:
+        out["parity_weights"] = errors["weights"]
+        ok = ok and errors["weights"] == 0.0
     out["parity_ok"] = int(ok)
     return out
 

@@ -3,6 +3,8 @@ eager, bf16 autocast and torch.compile, side by side, measured in the same run, 
 
     taskprompter bench --preset taskprompter_bench_c --batch 8                 # config C of docs/performance.md
     taskprompter bench --preset taskprompter_bench_a --batch 2 --grad-ckpt     # config A, + activation checkpointing
+    taskprompter bench --preset taskprompter_bench_a --batch 2 --modes train --grad-ckpt --step-in-backward \
+        --amp off,bf16                                                         # A's training memory, broken down
     taskprompter bench --preset taskprompter_bench_c --batch 8 --amp off,bf16 --compile  # + bf16, compiled
     taskprompter bench --preset taskprompter_bench_c --sweep tasks             # cost vs number of tasks (Table 8)
     taskprompter bench --preset taskprompter_bench_c --sweep tokens --sizes 64 128 192 256
@@ -22,11 +24,19 @@ backward + Adam (fused, as the trainer's default); its MACs are counted as 3x th
 measured in a fresh subprocess per configuration: the resident set's high-water mark during one steady-state step
 (the kernel's VmHWM, reset through /proc/self/clear_refs, with glibc returning large blocks to the system) --
 reported as the whole process's peak and as the increase over the state held between steps (weights, Adam moments).
-On CUDA: ``torch.cuda.max_memory_allocated``. Before timing, both fp32 eager paths get the same weights and must
-agree (outputs, and the gradients of one training step); otherwise the verb exits with status 3. Each bf16 / compiled
-variant is compared with the fp32 eager efficient path after the timing (``VARIANT_TOL``: 1e-3 in fp32, bf16's own
-tolerances): its errors are columns of its rows, and a variant beyond its tolerance makes the verb exit with status 3
-after writing the rows.
+On CUDA: ``torch.cuda.max_memory_allocated``. Each peak is broken down (columns, and a table after the rows):
+the runtime (the process before the model was built; 0 on CUDA), weights, optimiser state and gradients (sizes of the
+tensors; with the step in the backward, one parameter's gradient at a time), what the process held between steps
+beyond them (other), and the activations (the step's increase beyond its gradients). Before timing, both fp32 eager
+paths get the same weights and must agree (outputs, and the gradients of one training step); otherwise the verb exits
+with status 3. Each bf16 / compiled variant is compared with the fp32 eager efficient path after the timing
+(``VARIANT_TOL``: 1e-3 in fp32, bf16's own tolerances): its errors are columns of its rows, and a variant beyond its
+tolerance makes the verb exit with status 3 after writing the rows.
+
+``--step-in-backward`` adds the training step with Adam fused into the backward (``optim.step_in_backward``: each
+parameter updated as soon as its gradient is complete, and the gradient freed), for the efficient path and, with
+``--grad-ckpt``, for grad_checkpointing, in each precision. After the timing, its weights after two steps are compared
+with the ordinary step's (``parity_weights``): anything but 0 (bit for bit) counts as beyond tolerance.
 
 The run's header -- machine, device, torch, threads, the device's bf16 capability record (``engine/precision.py``:
 the CPU's amx_bf16 / avx512_bf16 flags, or the GPU's name and bf16 support) and the fp32 and bf16 matmul rates -- is
@@ -56,13 +66,34 @@ def format_row(r: dict[str, Any]) -> str:
     parity = ""
     if "parity_outputs" in r:
         parity = f"  err {r['parity_outputs']:.1e}" + (f"/{r['parity_gradients']:.1e}" if "parity_gradients" in r
-                                                       else "") + ("" if r["parity_ok"] else " (beyond tolerance)")
-    return (f"{r['sweep']:>6s} T={r['tasks']} {r['img_h']}x{r['img_w']} B={r['batch']} {r['variant']:22s} "
+                                                       else "")
+    if "parity_weights" in r:
+        parity += f"  weights vs ordinary step {r['parity_weights']:.1e}"
+    if "parity_ok" in r and not r["parity_ok"]:
+        parity += " (beyond tolerance)"
+    return (f"{r['sweep']:>6s} T={r['tasks']} {r['img_h']}x{r['img_w']} B={r['batch']} {r['variant']:31s} "
             f"{r['mode']:5s} {r['img_per_s']:8.2f} img/s  {r['latency_ms']:9.1f} ms (±{r['spread_pct'] / 2:4.1f}%)  "
             f"{r['share_of_matmul_pct']:5.1f}% of mm  x{r['speedup_vs_naive_fp32']:.2f} vs naive fp32{mem}"
             + (f"  time x{r['time_vs_plain']:.2f} of plain" if "time_vs_plain" in r else "")
             + (f"  compile {r['compile_s']:.1f} s" if "compile_s" in r else "")
             + (f"  {r['recompiles_timed']} recompiles while timed" if r.get("recompiles_timed") else "") + parity)
+
+
+BREAKDOWN_NAMES = {"runtime_mib": "runtime", "weights_mib": "weights", "optim_state_mib": "optim state",
+                   "other_mib": "other", "grads_mib": "gradients", "activations_mib": "activations"}
+
+
+def format_breakdown(rows: list[dict[str, Any]]) -> str:
+    """The peak memory of each measured row, broken down (MiB; ``bench.memory_breakdown``)."""
+    head = f"{'memory breakdown (MiB)':44s} " + " ".join(f"{n:>11s}" for n in BREAKDOWN_NAMES.values()) + \
+        f" {'peak':>8s} {'x naive':>8s}"
+    lines = [head]
+    for r in rows:
+        if "activations_mib" in r:
+            lines.append(f"{r['variant'] + '/' + r['mode'] + ' ' + str(r['img_h']):44s} "
+                         + " ".join(f"{r[k]:11.0f}" for k in BREAKDOWN_NAMES)
+                         + f" {r['peak_mib']:8.0f} {r.get('peak_ratio', float('nan')):8.2f}")
+    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n matmul timed for the rates")
     parser.add_argument("--grad-ckpt", action="store_true", help="also the efficient path with grad_checkpointing "
                         "(in each precision)")
+    parser.add_argument("--step-in-backward", action="store_true", help="also the training step with the optimiser "
+                        "step fused into the backward (optim.step_in_backward), for the efficient path and, with "
+                        "--grad-ckpt, grad_checkpointing, in each precision")
     parser.add_argument("--recompute", nargs="+", default=[], choices=["on", "off"], help="also the efficient "
                         "path's training step with selective_recompute=MODE (the default is auto)")
     parser.add_argument("--sweep", choices=["none", "tasks", "tokens"], default="none",
@@ -152,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"dense matmul rate ({args.matmul_size}^2 torch.mm, best of 5): fp32 {before['off'] / 1e9:.1f} GMAC/s, "
           f"bf16 {before['bf16'] / 1e9:.1f} GMAC/s (bf16 x{before['bf16'] / before['off']:.2f} of fp32)")
     groups = bench.plan_groups(base, modes=modes, sweep=args.sweep, sizes=args.sizes, grad_ckpt=args.grad_ckpt,
-                               recompute=args.recompute, amps=amps, compile=args.compile)
+                               recompute=args.recompute, amps=amps, compile=args.compile,
+                               step_in_backward=args.step_in_backward)
     print(f"precisions: {', '.join('fp32' if a == 'off' else a for a in amps)} ({why}); compile: "
           f"{'yes, backend ' + (args.compile_backend or bench.measure.COMPILE_BACKEND) if args.compile else 'no'}; "
           f"per group: {', '.join(c.label for c in groups[0][1])}", flush=True)
@@ -181,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
           f"precision); {torch.get_num_threads()} threads; {header['machine']}")
     for r in rows:
         print(format_row(r))
+    if any("activations_mib" in r for r in rows):
+        print("\n" + format_breakdown(rows))
     if not args.no_csv:
         meta = {**header, "started": started}
         path = bench.write_csv(rows, args.csv or bench.default_csv_path(args.device), meta)
@@ -190,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         tol = ", ".join(f"{'fp32' if a == 'off' else a}: outputs {t['outputs']:g}, gradients {t['gradients']:g}"
                         for a, t in bench.VARIANT_TOL.items())
-        print("bench: variants beyond their parity tolerance against fp32 eager (" + tol + "): "
+        print("bench: variants beyond their parity tolerance against fp32 eager (" + tol + "; the step in the "
+              "backward: the ordinary step's weights exactly): "
               + ", ".join(sorted({f"{r['variant']}/{r['mode']}" for r in bad})), file=sys.stderr)
         return 3
     return 0

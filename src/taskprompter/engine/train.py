@@ -50,7 +50,7 @@ from .evaluate import (
     zero_depth_valid,
 )
 from .logging import EarlyNotes, RunLog, flatten_config, get_logger
-from .optim import build_optimizer, load_optimizer_state, lr_at, set_lr
+from .optim import build_optimizer, check_step_in_backward, load_optimizer_state, lr_at, set_lr
 from .setup import amp_settings, build_model, check_model_config, load_pretrained, loss_weights
 from .stop import StopRequest, ignore_sigint
 from .weighting_steps import check_weighting, load_weighting_state
@@ -109,6 +109,7 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                                     options=cfg.train.loss_weighting_options,
                                     steps_per_epoch=len(train_ds) // cfg.train.batch_size)
         check_weighting(weighting, cfg)
+        check_step_in_backward(cfg, world_size=d.world_size, scaler=use_scaler, weighting=weighting)
         spec = best_metric_spec(cfg.train.best_metric, list(tasks))
         if cfg.data.check_files:
             _check_files([train_ds, val_ds], cfg, d, log)
@@ -149,6 +150,9 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         features = shared_features_for(weighting, model)  # the encoder's outputs, where the method needs them
         if cfg.train.compile:  # compiled lazily by the first step; outputs and gradients as eager (tests)
             net = torch.compile(net)
+        # autocast's weight cache keeps a low-precision copy of every weight to the end of the forward; checkpointed
+        # segments store nothing and recast in the backward, so there it only holds memory (same values, same time)
+        amp_cache = not any(getattr(m, "grad_checkpointing", False) for m in model.modules())
         # global: every micro-batch's loss is its share of the whole step's loss (the valid pixels of all
         # processes' micro-batches), scaled by W because DDP averages gradients -- so the gradient is the global
         # batch's, for any process or micro-batch count; local: each micro-batch's own mean (released code)
@@ -181,7 +185,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                 last_micro = k == cfg.train.accum_steps - 1
                 sync = contextlib.nullcontext() if last_micro or not d.enabled else net.no_sync()
                 with sync:  # gradients are all-reduced on the last micro-batch only
-                    with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                                        cache_enabled=amp_cache):
                         losses = criterion(net(batch["image"]), batch, stats)  # {task: loss, "total": weighted sum}
                     _check_finite(losses, step, d, out_dir)
                     # instead of loss.backward(): fixed backpropagates the sum above, unchanged
