@@ -117,6 +117,11 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
+        heads = task_heads(model, criterion.tasks)  # a task's own parameters: no gradient in a step without its labels
+        if cfg.optim.step_in_backward and getattr(train_ds, "labelled", None) is not None:
+            raise ConfigError("optim.step_in_backward updates every parameter inside the backward, before the step "
+                              "knows which tasks its batch has no labels for (their heads must not move): use "
+                              "optim.step_in_backward=false with partially labelled data")
         weighting.to(d.device)
         if (group := weighting.param_group()) is not None:  # uw: its log-variances, without weight decay
             optimizer.add_param_group(group)
@@ -198,6 +203,9 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                 mine += torch.tensor([values[t] for t in criterion.tasks], dtype=torch.float64)
             for task, w in weighting.weights().items():
                 sums[f"weight/{task}"] = sums.get(f"weight/{task}", 0.0) + w
+            for task in tasks_without_labels(micro, criterion.tasks, d):  # partial labels: its head does not move
+                for p in heads[task]:  # (not even by weight decay or Adam's momentum: no gradient, no update)
+                    p.grad = None
             weighting.average_gradients(d.world_size)  # its parameters are outside DDP
             scaler.unscale_(optimizer)
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -317,6 +325,21 @@ def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: 
     flat = torch.cat([sum(s[t] for s in per_batch) for t in names]).to(torch.float64)  # counts: exact in float64
     flat = summed_over_processes(flat, d)
     return {t: v.long().to(d.device) for t, v in zip(names, flat.split(sizes))}
+
+
+def task_heads(model: torch.nn.Module, tasks: list[str]) -> dict[str, list[torch.nn.Parameter]]:
+    """{task: the parameters of its head} (``model.heads[task]``): what only that task's loss trains."""
+    heads = getattr(unwrap(model), "heads", None)
+    return {t: list(heads[t].parameters()) if heads is not None and t in heads else [] for t in tasks}
+
+
+def tasks_without_labels(micro: list[dict[str, Any]], tasks: list[str], d: Dist) -> list[str]:
+    """The tasks that no sample of the step's global batch (every micro-batch, every process) is labelled for
+    (``batch["labelled"]``, partially labelled data); one all-reduce of T numbers."""
+    counts = torch.tensor([sum(int(b["labelled"][t].sum()) if t in b.get("labelled", {}) else len(b["image"])
+                               for b in micro) for t in tasks], dtype=torch.float64)
+    counts = summed_over_processes(counts, d)
+    return [t for t, n in zip(tasks, counts.tolist()) if n == 0]
 
 
 def _check_finite(losses: dict[str, torch.Tensor], step: int, d: Dist, out_dir: Path) -> None:
