@@ -508,3 +508,31 @@ def test_efficient_training_updates_batchnorm_statistics_once():
     assert ref["heads.semseg.mt_proj.1.num_batches_tracked"].item() == 1
     before = naive.heads["semseg"].mt_proj[1].running_mean
     assert not torch.equal(before, torch.zeros_like(before))  # the statistics did move
+
+
+def test_the_loss_weighting_rows_run_the_trainers_backward_of_each_method():
+    """--loss-weighting: one training row per method (fixed is the plain efficient row), named efficient+w-<method>;
+    the row's step is weighted_backward's: a gradient-level method trains the encoder with its combination, so its
+    encoder gradients differ from the plain sum's while the heads' (trained by the plain sum) are the same."""
+    base = BenchConfig(preset="taskprompter_tiny", batch=2)
+    groups = bench.plan_groups(base, modes=["train", "infer"], weightings=["fixed", "famo", "upgrad"])
+    assert _labels(groups) == [["efficient/train", "naive/train", "efficient/infer", "naive/infer",
+                                "efficient+w-famo/train", "efficient+w-upgrad/train"]]
+    assert bench_verb._weightings("all")[-4:] == ["pcgrad", "cagrad", "upgrad", "nash_mtl"]
+    with pytest.raises(SystemExit, match="upgard"):
+        bench_verb._weightings("fixed,upgard")
+    plain = bench.Runner(replace(base, mode="train"), seed=0)
+    upgrad = bench.Runner(replace(base, mode="train", weighting="upgrad"), seed=0)
+    upgrad.model.load_state_dict(plain.model.state_dict())
+    for r in (plain, upgrad):  # no update: compare the gradients of one step
+        r.optimizer = torch.optim.SGD(r.model.parameters(), lr=0.0)
+        r.step()
+    c = upgrad.weighting.current
+    assert c.shape == (5,) and bool((c > 0).all()) and float(c.sum()) < 5  # UPGrad averages: not the plain sum
+    grads = {n: p.grad for n, p in upgrad.model.named_parameters()}
+    for n, p in plain.model.named_parameters():
+        if n.startswith("heads."):
+            assert torch.allclose(grads[n], p.grad, rtol=1e-5, atol=1e-8), n
+    encoder = [n for n, _ in plain.model.backbone.named_parameters()]
+    assert any(not torch.allclose(grads[f"backbone.{n}"], dict(plain.model.named_parameters())[f"backbone.{n}"].grad)
+               for n in encoder)

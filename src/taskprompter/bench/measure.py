@@ -68,6 +68,7 @@ class BenchConfig:
     amp: str = "off"  # off | bf16: bf16 autocast on the CPU or CUDA ("none" is read as off)
     compile: bool = False  # the model through torch.compile (compiled in the warm-up, timed apart)
     step_in_backward: bool = False  # training: Adam stepped per parameter inside the backward (optim.step_in_backward)
+    weighting: str = "fixed"  # training: the loss weighting (train.loss_weighting) whose backward the step runs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "amp", canonical_bench_amp(self.amp))
@@ -75,7 +76,7 @@ class BenchConfig:
     @property
     def variant(self) -> str:
         return variant_name(self.impl, self.grad_checkpointing, self.recompute, self.amp, self.compile,
-                            self.step_in_backward)
+                            self.step_in_backward, self.weighting)
 
     @property
     def label(self) -> str:
@@ -83,10 +84,10 @@ class BenchConfig:
 
 
 def variant_name(impl: str, grad_ckpt: bool, recompute: str, amp: str = "off", compile: bool = False,
-                 step_in_backward: bool = False) -> str:
+                 step_in_backward: bool = False, weighting: str = "fixed") -> str:
     """efficient, efficient+ckpt, efficient+rc-off, naive, efficient+bf16, efficient+compile, efficient+bf16+compile,
-    efficient+ckpt+bf16, efficient+ckpt+step-in-bwd, efficient+ckpt+step-in-bwd+bf16, ..."""
-    return (impl + ("+ckpt" if grad_ckpt else "")
+    efficient+ckpt+bf16, efficient+ckpt+step-in-bwd, efficient+ckpt+step-in-bwd+bf16, efficient+w-upgrad, ..."""
+    return (impl + ("+ckpt" if grad_ckpt else "") + (f"+w-{weighting}" if weighting != "fixed" else "")
             + (f"+rc-{recompute}" if impl == "efficient" and recompute not in ("auto", "-") else "")
             + ("+step-in-bwd" if step_in_backward else "")
             + ("+bf16" if canonical_bench_amp(amp) == "bf16" else "") + ("+compile" if compile else ""))
@@ -200,6 +201,18 @@ class Runner:
         if cfg.step_in_backward and cfg.mode == "train":
             self.optimizer = StepInBackward(self.optimizer)
         self.autocast = cfg.amp == "bf16"
+        self.weighting = self.features = None
+        if cfg.weighting != "fixed" and cfg.mode == "train":  # the trainer's backward of that method
+            from ..tasks import TASKS
+            from ..weighting import build_weighting, shared_features_for
+
+            tasks = list(self.model.heads)
+            self.weighting = build_weighting(cfg.weighting, tasks=tasks,
+                                             base_weights={t: TASKS[t].loss_weight for t in tasks}).to(cfg.device)
+            if (group := self.weighting.param_group()) is not None:
+                self.optimizer.add_param_group({"params": group["params"]})
+            self.features = shared_features_for(self.weighting, self.model)
+            self.steps = 0
         self.compiled = compile_model(self.model, backend) if cfg.compile else None
         self.compile_s: float | None = None  # set by time_interleaved for a compiled runner
         self.recompiles_timed: int | None = None  # graphs compiled during the timed rounds (time_interleaved)
@@ -212,8 +225,18 @@ class Runner:
             model.train()
             self.optimizer.zero_grad(set_to_none=True)
             with amp_context(self.cfg):
-                loss = bench_loss(forward(self.images))
-            loss.backward()
+                outputs = forward(self.images)
+                loss = bench_loss(outputs)
+            if self.weighting is None:
+                loss.backward()
+            else:  # per-task losses: each output's mean, as bench_loss sums them
+                from ..weighting import weighted_backward
+
+                losses = {t: o.float().mean() for t, o in outputs.items()}
+                weighted_backward(self.weighting, losses, step=self.steps, features=self.features)
+                if self.weighting.needs_step_losses:
+                    self.weighting.update(torch.stack([v.detach().double() for v in losses.values()]), self.steps)
+                self.steps += 1
             self.optimizer.step()
             return loss.detach()
         model.eval()

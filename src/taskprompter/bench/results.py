@@ -33,6 +33,7 @@ def summarize(cfg: BenchConfig, times: list[float], macs: int, rate: float, memo
         "sweep": sweep, "preset": cfg.preset, "variant": cfg.variant, "impl": cfg.impl, "mode": cfg.mode,
         "grad_ckpt": int(cfg.grad_checkpointing), "recompute": cfg.recompute if cfg.impl == "efficient" else "-",
         "amp": cfg.amp, "compile": int(cfg.compile), "step_in_backward": int(cfg.step_in_backward),
+        "weighting": cfg.weighting,
         "tasks": len(model_kwargs(cfg)["tasks"]), "img_h": H, "img_w": W, "tokens": (H // 16) * (W // 16),
         "batch": cfg.batch, "repeats": len(times), "sec_per_step": med, "sec_min": min(times), "sec_max": max(times),
         "spread_pct": 100 * (max(times) - min(times)) / med, "img_per_s": cfg.batch / med, "latency_ms": 1e3 * med,
@@ -58,7 +59,7 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
 
     def memory_variant(r: dict[str, Any]) -> bool:
         return (bool(r.get("grad_ckpt")) or r.get("recompute", "auto") not in ("auto", "-")
-                or bool(r.get("step_in_backward")))
+                or bool(r.get("step_in_backward")) or r.get("weighting", "fixed") != "fixed")
 
     naive = {tuple(r[k] for k in key): r for r in rows if r["impl"] == "naive" and prec(r) == ("off", 0)}
     plain = {(tuple(r[k] for k in key), prec(r)): r for r in rows if r["impl"] == "efficient" and not memory_variant(r)}
@@ -100,8 +101,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike, meta: dict[st
 # the breakdown of a step's peak memory (``measure.memory_breakdown``), in MiB; they add up to peak_mib
 BREAKDOWN = ("runtime_mib", "weights_mib", "optim_state_mib", "other_mib", "grads_mib", "activations_mib")
 COLUMNS = ["sweep", "preset", "variant", "impl", "mode", "grad_ckpt", "recompute", "amp", "compile", "step_in_backward",
-           "tasks", "img_h", "img_w", "tokens", "batch", "repeats", "sec_per_step", "sec_min", "sec_max", "spread_pct",
-           "img_per_s", "latency_ms", "compile_s", "gmacs_per_img", "achieved_gmac_s", "matmul_gmac_s",
+           "weighting", "tasks", "img_h", "img_w", "tokens", "batch", "repeats", "sec_per_step", "sec_min", "sec_max",
+           "spread_pct", "img_per_s", "latency_ms", "compile_s", "gmacs_per_img", "achieved_gmac_s", "matmul_gmac_s",
            "share_of_matmul_pct", "speedup_vs_naive_fp32", "speedup_vs_efficient_fp32", "time_vs_plain",
            "parity_outputs", "parity_gradients", "parity_weights", "parity_ok", "peak_mib", "step_mib", "peak_ratio",
            "step_ratio", *BREAKDOWN, "paper_params_m", "paper_gmacs", "vitl_params_m", "vitl_gmacs"]

@@ -38,13 +38,15 @@ PAPER_TABLE8 = {1: (364, 389), 2: (373, 416), 3: (383, 443), 4: (392, 470), 5: (
 
 def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", sizes: list[int] = (),
                 grad_ckpt: bool = False, recompute: list[str] = (), amps: list[str] = ("off",),
-                compile: bool = False, step_in_backward: bool = False) -> list[tuple[str, list[BenchConfig]]]:
+                compile: bool = False, step_in_backward: bool = False,
+                weightings: list[str] = ()) -> list[tuple[str, list[BenchConfig]]]:
     """(sweep name, configurations) per group; one group per task count or input size for a sweep. In every mode:
     the efficient and the naive path in fp32 eager (the naive one is the released structure's stand-in every ratio
     is taken against), the efficient path in each further precision of ``amps`` (bf16), and with ``compile`` the
     efficient path compiled in each precision; then the training step's memory variants: grad_checkpointing (in each
     precision), the selective-recompute modes (fp32) and, with ``step_in_backward``, the optimiser step inside the
-    backward for the efficient path and for grad_checkpointing, in each precision (eager)."""
+    backward for the efficient path and for grad_checkpointing, in each precision (eager); and the training step of
+    the efficient path (fp32, eager) with each loss weighting of ``weightings`` (its cost against ``fixed``)."""
     precisions = ["off"] + [a for a in dict.fromkeys(canonical_bench_amp(a) for a in amps) if a != "off"]
     if sweep == "tasks":
         total = len(model_kwargs(base)["tasks"]) if base.tasks is None else base.tasks
@@ -69,6 +71,8 @@ def plan_groups(base: BenchConfig, *, modes: list[str], sweep: str = "none", siz
         if step_in_backward and "train" in modes:
             cfgs += [replace(cfg, mode="train", grad_checkpointing=ckpt, amp=a, step_in_backward=True)
                      for ckpt in ([False, True] if grad_ckpt else [False]) for a in precisions]
+        if "train" in modes:
+            cfgs += [replace(cfg, mode="train", weighting=w) for w in weightings if w != "fixed"]
         groups.append((name, cfgs))
     return groups
 
@@ -109,12 +113,13 @@ def bench_group(cfgs: list[BenchConfig], *, repeats: int, warmup: int, min_time:
     rows = []
     with dynamo_cache(any_compiled):
         for c in cfgs:
-            key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size, c.step_in_backward and c.amp)
+            key = (c.impl, c.grad_checkpointing, c.recompute, c.tasks, c.img_size, c.step_in_backward and c.amp,
+                   c.weighting)  # a weighting's model: its hook on the encoder is its own
             runners.append(Runner(c, model=models.get(key), backend=backend))
             if key not in models:
                 models[key] = runners[-1].model
                 if c.impl == "naive":  # the same weights as the efficient model, when it exists
-                    twin = models.get(("efficient", False, "auto", c.tasks, c.img_size, False))
+                    twin = models.get(("efficient", False, "auto", c.tasks, c.img_size, False, "fixed"))
                     if twin is not None:
                         runners[-1].model.load_state_dict(twin.state_dict())
         times = time_interleaved(runners, repeats=repeats, warmup=warmup, min_time=min_time)

@@ -120,6 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-in-backward", action="store_true", help="also the training step with the optimiser "
                         "step fused into the backward (optim.step_in_backward), for the efficient path and, with "
                         "--grad-ckpt, grad_checkpointing, in each precision")
+    parser.add_argument("--loss-weighting", default="", help="comma-separated train.loss_weighting methods (e.g. "
+                        "uw,dwa,famo,gradnorm_scale,pcgrad,cagrad,upgrad,nash_mtl, or all): also the efficient path's "
+                        "training step with each method's backward (fp32 eager; time_vs_plain is its cost against "
+                        "fixed)")
     parser.add_argument("--recompute", nargs="+", default=[], choices=["on", "off"], help="also the efficient "
                         "path's training step with selective_recompute=MODE (the default is auto)")
     parser.add_argument("--sweep", choices=["none", "tasks", "tokens"], default="none",
@@ -185,9 +189,10 @@ def run(args: argparse.Namespace) -> int:
     before = measure_rates(args.device, args.matmul_size)
     print(f"dense matmul rate ({args.matmul_size}^2 torch.mm, best of 5): fp32 {before['off'] / 1e9:.1f} GMAC/s, "
           f"bf16 {before['bf16'] / 1e9:.1f} GMAC/s (bf16 x{before['bf16'] / before['off']:.2f} of fp32)")
+    weightings = _weightings(args.loss_weighting)
     groups = bench.plan_groups(base, modes=modes, sweep=args.sweep, sizes=args.sizes, grad_ckpt=args.grad_ckpt,
                                recompute=args.recompute, amps=amps, compile=args.compile,
-                               step_in_backward=args.step_in_backward)
+                               step_in_backward=args.step_in_backward, weightings=weightings)
     print(f"precisions: {', '.join('fp32' if a == 'off' else a for a in amps)} ({why}); compile: "
           f"{'yes, backend ' + (args.compile_backend or bench.measure.COMPILE_BACKEND) if args.compile else 'no'}; "
           f"per group: {', '.join(c.label for c in groups[0][1])}", flush=True)
@@ -232,3 +237,16 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(sorted({f"{r['variant']}/{r['mode']}" for r in bad})), file=sys.stderr)
         return 3
     return 0
+
+
+def _weightings(value: str) -> list[str]:
+    """The methods of ``--loss-weighting`` ("all": every one of ``taskprompter.weighting.WEIGHTINGS``)."""
+    from ..weighting import WEIGHTINGS
+
+    names = [w.strip() for w in value.split(",") if w.strip()]
+    if names == ["all"]:
+        return list(WEIGHTINGS)
+    unknown = [w for w in names if w not in WEIGHTINGS]
+    if unknown:
+        raise SystemExit(f"bench: --loss-weighting {', '.join(unknown)} not one of {', '.join(WEIGHTINGS)}")
+    return names
