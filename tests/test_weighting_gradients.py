@@ -574,3 +574,34 @@ def test_weighted_backward_defaults_to_one_process():
 def test_cagrad_option_errors_name_the_option(options, message):
     with pytest.raises(ConfigError, match=message):
         build_weighting("cagrad", tasks=["semseg", "edge"], base_weights={}, options=options)
+
+
+@pytest.mark.parametrize("name, grads", [("upgrad", "features"), ("upgrad", "parameters"),
+                                         ("gradnorm_scale", "features")])
+def test_recomputing_models_give_the_same_gradients(name, grads):
+    """The per-task gradients backpropagate the decoders (and, for grads: parameters, the encoder) once per task
+    before the step's backward: plain grad_checkpointing recomputes once per pass (its BatchNorm guard is
+    re-entered), and selective recomputation -- which torch backpropagates once only -- is off while the capture is
+    installed, then restored. Gradients and coefficients equal those of a model that stores everything."""
+    torch.manual_seed(0)
+    plain = build_model("taskprompter_tiny", tasks={"semseg": 5, "normals": 3, "edge": 1}, img_size=(32, 32)).train()
+    recomputing = copy.deepcopy(plain)
+    recomputing.backbone.grad_checkpointing = True
+    recomputing.selective_recompute = "on"
+    x = torch.randn(2, 3, 32, 32)
+    batch = {"semseg": torch.randint(0, 5, (2, 32, 32)), "edge": torch.randint(0, 2, (2, 32, 32)),
+             "normals": F.normalize(torch.randn(2, 3, 32, 32), dim=1)}
+    found = []
+    for model in (plain, recomputing):
+        w = build_weighting(name, tasks=["semseg", "normals", "edge"], base_weights={},
+                            options={} if name == "gradnorm_scale" else {"grads": grads})
+        features = shared_features_for(w, model)
+        assert getattr(model, "selective_recompute") == "off"
+        weighted_backward(w, MultiTaskLoss(["semseg", "normals", "edge"])(model(x), batch), step=0, features=features,
+                          d=ONE)
+        features.remove()
+        found.append((w.current.clone(), {n: p.grad for n, p in model.named_parameters()}))
+    assert recomputing.selective_recompute == "on" and plain.selective_recompute == "auto"  # restored
+    (c1, g1), (c2, g2) = found
+    assert torch.allclose(c1, c2, rtol=1e-6, atol=0)
+    assert all(torch.allclose(g1[n], g2[n], rtol=1e-5, atol=1e-9) for n in g1)

@@ -48,19 +48,31 @@ def checkpoint_contexts(module: nn.Module, keep: tuple = ()) -> tuple[contextlib
     if keep:
         forward, inner = create_selective_checkpoint_contexts(policy)
 
-    @contextlib.contextmanager
-    def recompute():
-        norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    return forward, _Recompute(module, inner)
+
+
+class _Recompute:
+    """The recomputation's context: BatchNorm momentum 0 and the batch counters restored. Re-enterable -- a graph
+    kept for several backward passes (``retain_graph``: the loss weightings' per-task gradients) recomputes a plain
+    checkpointed region once per pass; a selectively checkpointed one (``keep``) can be backpropagated once only
+    (torch refuses a second pass), so `taskprompter.weighting.SharedFeatures` turns selective recomputation off."""
+
+    def __init__(self, module: nn.Module, inner: contextlib.AbstractContextManager) -> None:
+        self.module, self.inner, self.saved = module, inner, []
+
+    def __enter__(self) -> None:
+        norms = [m for m in self.module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.saved.append([(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone())
+                           for m in norms])
         for m in norms:
             m.momentum = 0.0
+        self.inner.__enter__()
+
+    def __exit__(self, *exc) -> None:
         try:
-            with inner:
-                yield
+            self.inner.__exit__(*exc)
         finally:
-            for m, (momentum, count) in zip(norms, saved):
+            for m, momentum, count in self.saved.pop():
                 m.momentum = momentum
                 if count is not None:
                     m.num_batches_tracked.copy_(count)
-
-    return forward, recompute()

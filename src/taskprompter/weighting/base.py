@@ -84,6 +84,12 @@ class SharedFeatures:
         self._tensors: list[Tensor] = []
         self._leaves: list[Tensor] = []
         self._handle = backbone.register_forward_hook(self._keep)
+        # the per-task gradients traverse the decoders and heads once per task before the step's backward, and torch
+        # backpropagates a selectively checkpointed region once only: selective recomputation is off while the
+        # capture is installed (plain grad_checkpointing recomputes once per pass and stays)
+        self.model, self._recompute = model, getattr(model, "selective_recompute", None)
+        if self._recompute not in (None, "off"):
+            model.selective_recompute = "off"
 
     def _keep(self, module: nn.Module, args: Any, output: Any) -> Any:
         tree = torch.utils._pytree
@@ -111,6 +117,8 @@ class SharedFeatures:
     def remove(self) -> None:
         self._handle.remove()
         self._tensors, self._leaves = [], []
+        if self._recompute not in (None, "off"):
+            self.model.selective_recompute = self._recompute
 
 
 def feature_grad_sq(losses: Mapping[str, Tensor], features: Sequence[Tensor], tasks: Sequence[str], *,
