@@ -596,7 +596,7 @@ def test_recomputing_models_give_the_same_gradients(name, grads):
         w = build_weighting(name, tasks=["semseg", "normals", "edge"], base_weights={},
                             options={} if name == "gradnorm_scale" else {"grads": grads})
         features = shared_features_for(w, model)
-        assert getattr(model, "selective_recompute") == "off"
+        assert model.selective_recompute == "off"
         weighted_backward(w, MultiTaskLoss(["semseg", "normals", "edge"])(model(x), batch), step=0, features=features,
                           d=ONE)
         features.remove()

@@ -34,7 +34,14 @@ from ..data.sampling import SeededSamples, StepBatches, micro_batch_size, micro_
 from ..errors import ConfigError, DataError, TaskPrompterError, one_line, os_error_message
 from ..losses import MultiTaskLoss
 from ..model.io import load_state_exactly
-from ..weighting import LossWeighting, build_weighting, shared_features_for, weighted_backward
+from ..weighting import (
+    LossWeighting,
+    begin_accumulated_step,
+    build_weighting,
+    needs_statistics_first,
+    shared_features_for,
+    weighted_backward,
+)
 from . import checkpoint as ck
 from . import distributed as dist_utils
 from . import rundir
@@ -166,6 +173,10 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         global_norm = cfg.train.loss_normalization == "global"
         loss_scale = float(d.world_size) if global_norm else 1.0 / cfg.train.accum_steps
         share = 1.0 / (loss_scale * cfg.train.accum_steps)  # of a once-per-step term (UW's regulariser), per backward
+        # famo, gradnorm_scale, the gradient-level methods: a first pass over the micro-batches for the step's weights
+        two_pass = cfg.train.accum_steps > 1 and needs_statistics_first(weighting)
+        forward = partial(micro_batch_losses, criterion=criterion, device=d.device, amp_dtype=amp_dtype,
+                          amp_cache=amp_cache)
 
         steps = StepBatches(len(train_ds), seed=cfg.seed, batch_size=cfg.train.batch_size, rank=d.rank,
                             world_size=d.world_size, accum_steps=cfg.train.accum_steps, start_step=start_step)
@@ -185,18 +196,20 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
             micro = [next(batches) for _ in range(cfg.train.accum_steps)]  # this process's part of the step
             stats = global_loss_stats(criterion, micro, d) if global_norm else None
             mine = torch.zeros(len(criterion.tasks), dtype=torch.float64)  # this process's part of the step's losses
+            losses_of = partial(forward, stats=stats)
+            if two_pass:  # one more forward per micro-batch; the loop below repeats the same forwards
+                begin_accumulated_step(weighting, micro, losses_of, step=step, net=net, model=model, features=features,
+                                       d=d, loss_scale=loss_scale, scaler=scaler)
             for k, batch in enumerate(micro):
-                batch = to_device(batch, d.device)
                 last_micro = k == cfg.train.accum_steps - 1
                 sync = contextlib.nullcontext() if last_micro or not d.enabled else net.no_sync()
                 with sync:  # gradients are all-reduced on the last micro-batch only
-                    with torch.autocast(d.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
-                                        cache_enabled=amp_cache):
-                        losses = criterion(net(batch["image"]), batch, stats)  # {task: loss, "total": weighted sum}
+                    losses = losses_of(net, batch)  # {task: loss, "total": weighted sum}
                     _check_finite(losses, step, d, out_dir)
                     # instead of loss.backward(): fixed backpropagates the sum above, unchanged
-                    losses["total"] = weighted_backward(weighting, losses, step=step, first=k == 0, features=features,
-                                                        d=d, loss_scale=loss_scale, share=share, scaler=scaler)
+                    losses["total"] = weighted_backward(weighting, losses, step=step, first=k == 0 and not two_pass,
+                                                        features=features, d=d, loss_scale=loss_scale, share=share,
+                                                        scaler=scaler)
                 values = {name: value.detach().float().item() * loss_scale for name, value in losses.items()}
                 for name, value in values.items():
                     sums[name] = sums.get(name, 0.0) + value
@@ -314,6 +327,17 @@ def _warn_config_changes(ckpt: ck.Checkpoint, cfg: Config, log) -> None:
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     if changed:
         log.warning(f"resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
+
+
+def micro_batch_losses(module: torch.nn.Module, batch: dict[str, Any], *, criterion: MultiTaskLoss,
+                       stats: dict[str, torch.Tensor] | None, device: torch.device, amp_dtype: torch.dtype | None,
+                       amp_cache: bool) -> dict[str, torch.Tensor]:
+    """One micro-batch's {task: loss, "total": weighted sum}: ``module``'s forward under the run's autocast, the
+    losses normalised by the step's ``stats`` (global normalisation) or by the micro-batch's own (None)."""
+    batch = to_device(batch, device)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None,
+                        cache_enabled=amp_cache):
+        return criterion(module(batch["image"]), batch, stats)
 
 
 def global_loss_stats(criterion: MultiTaskLoss, micro: list[dict[str, Any]], d: Dist) -> dict[str, torch.Tensor]:

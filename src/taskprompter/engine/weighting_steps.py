@@ -12,15 +12,10 @@ from ..weighting import LossWeighting
 
 
 def check_weighting(weighting: LossWeighting, cfg: Config) -> None:
-    """What the method needs of the run: the step's global losses or feature gradients before the backward exist
-    only when the step has one micro-batch; the encoder's outputs are captured in eager mode only."""
+    """What the method needs of the run: the encoder's outputs are captured in eager mode only. (A method that weighs
+    by the step's global statistics takes a first pass over the micro-batches under ``train.accum_steps`` > 1:
+    `taskprompter.weighting.begin_accumulated_step`.)"""
     name = cfg.train.loss_weighting
-    if (weighting.needs_current_losses or weighting.needs_feature_grads or weighting.needs_gram) \
-            and cfg.train.accum_steps > 1:
-        what = ("global losses" if weighting.needs_current_losses else "global feature-gradient norms"
-                if weighting.needs_feature_grads else "per-task gradients of the global batch")
-        raise ConfigError(f"train.loss_weighting={name} weighs each step by its {what}, known only after the last "
-                          f"micro-batch: use train.accum_steps=1 (more processes reach the same global batch)")
     if (weighting.needs_feature_grads or weighting.needs_gram) and cfg.train.compile:
         raise ConfigError(f"train.loss_weighting={name} takes gradients at the encoder's outputs, which a compiled "
                           "model does not expose: use train.compile=false")

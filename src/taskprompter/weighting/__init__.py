@@ -21,11 +21,13 @@ Everything a method learns from is the step's *global* statistics -- summed over
 processes, or accumulated micro-batches, weigh exactly as one process on the same global batch:
 
   ``losses`` (``needs_current_losses``): this step's per-task losses of the global batch, before the backward (FAMO
-    divides by them). Known before the backward only when the step has one micro-batch (``train.accum_steps=1``).
+    divides by them).
   ``grad_sq`` (``needs_feature_grads``): |dL_t/dF|^2 per task, F the shared features (every tensor the prompted
-    encoder ``model.backbone`` outputs), summed over processes; one ``autograd.grad`` per task, ``accum_steps=1``.
+    encoder ``model.backbone`` outputs), summed over processes and micro-batches; one ``autograd.grad`` per task.
   ``gram`` (``needs_gram``): the Gram matrix of the per-task gradients at F (or at the encoder's parameters), summed
-    over processes: the gradient-level methods (`gradient_level.py`); ``accum_steps=1``.
+    over processes and micro-batches: the gradient-level methods (`gradient_level.py`).
+  These three are known before the backward from the step's one forward when it has one micro-batch; a step of
+  several (``train.accum_steps`` > 1) first runs ``begin_accumulated_step``, one more forward per micro-batch.
   ``step_losses`` (``needs_step_losses``): the step's per-task losses averaged over micro-batches and processes (the
     values logged as ``loss/<task>``), after the optimiser step (DWA's history).
 
@@ -42,7 +44,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError
-from .backward import gram_matrix, parameter_gradients, shared_features_for, task_gradients, weighted_backward
+from .backward import (
+    begin_accumulated_step,
+    gram_matrix,
+    needs_statistics_first,
+    parameter_gradients,
+    replayable_forwards,
+    shared_features_for,
+    task_gradients,
+    weighted_backward,
+)
 from .base import LossWeighting, SharedFeatures, feature_grad_sq
 from .gradient_level import (
     CAGrad,
@@ -56,8 +67,9 @@ from .gradient_level import (
 from .loss_level import FAMO, DynamicWeightAverage, Fixed, GradNormScale, UncertaintyWeighting
 
 __all__ = ["CAGrad", "DynamicWeightAverage", "FAMO", "Fixed", "GradNormScale", "GradientWeighting", "LossWeighting",
-           "NashMTL", "PCGrad", "SharedFeatures", "UPGrad", "UncertaintyWeighting", "WEIGHTINGS", "build_weighting",
-           "cagrad_coefficients", "feature_grad_sq", "gram_matrix", "nash_mtl_coefficients", "parameter_gradients",
+           "NashMTL", "PCGrad", "SharedFeatures", "UPGrad", "UncertaintyWeighting", "WEIGHTINGS",
+           "begin_accumulated_step", "build_weighting", "cagrad_coefficients", "feature_grad_sq", "gram_matrix",
+           "nash_mtl_coefficients", "needs_statistics_first", "parameter_gradients", "replayable_forwards",
            "shared_features_for", "task_gradients", "weighted_backward"]
 
 

@@ -131,7 +131,7 @@ class FAMO(LossWeighting):
     forward pass per step). Here, without that pass, the "after" losses are the next step's global losses, on the
     next batch: at each step's start, xi learns from (previous step's losses, this step's losses), then this step
     is weighed with the updated z -- the same order as Alg. 1, with the batch change in delta. The weights divide
-    by this step's global losses, which are known before the backward only with ``train.accum_steps=1``.
+    by this step's global losses (with ``train.accum_steps`` > 1: from a first, no-grad pass over the micro-batches).
     A task without a valid label in the step (its loss exactly L*_t = 0, e.g. human parts in a batch without people)
     weighs 0 and adds nothing to delta -- the paper assumes losses > L*, where 1 / (L_t - L*_t + eps) would put all the
     weight on it. The released code's clipping of the shared gradient norm at 1 is ``optim.grad_clip`` here.
