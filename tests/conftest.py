@@ -57,3 +57,25 @@ def disk_state():
         return out
 
     return state
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args, processes=1)``: `taskprompter ARGS` in a fresh process -- or under torchrun with ``processes``
+    gloo processes -- with one intra-op thread and a fixed hash seed; asserts it succeeded (its stderr otherwise)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
+    env.pop("RANK", None)
+
+    def run(*args: str, processes: int = 1, timeout: float = 240) -> subprocess.CompletedProcess:
+        launcher = ([sys.executable, "-m", "taskprompter"] if processes == 1 else
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                     str(processes), "-m", "taskprompter"])
+        proc = subprocess.run([*launcher, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    return run

@@ -5,9 +5,6 @@ random-labels dataset as 1 process does on the same global batch."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -64,18 +61,9 @@ def test_a_task_labelled_nowhere_leaves_its_head_at_its_initial_values(root, tmp
     assert result["metrics"]["edge"]["num_samples"] == 2  # the validation split is fully labelled
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env.pop("RANK", None)
-    return env
 
 
-def _run(cmd):
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-
-def test_two_gloo_processes_train_random_labels_as_one_process(root, tmp_path):
+def test_two_gloo_processes_train_random_labels_as_one_process(run_cli, root, tmp_path):
     """Each process's micro-batch carries its own samples' masks; the losses are normalised by the labelled pixels
     of the global batch and a head whose task has no label in the global batch gets no gradient on either process:
     losses and the trained model equal one process's."""
@@ -86,9 +74,8 @@ def test_two_gloo_processes_train_random_labels_as_one_process(root, tmp_path):
               "train.log_every=1", "train.checkpoint_every=3", "train.progress=false", "data.max_val_samples=1",
               f"data.labelled_tasks={record}", "optim.eps=1e-3"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "taskprompter", *common, f"train.out_dir={one}"])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *common, f"train.out_dir={two}"])
+    run_cli(*common, f"train.out_dir={one}")
+    run_cli(*common, f"train.out_dir={two}", processes=2)
     r1, r2 = _records(one), _records(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for x, y in zip(r1, r2):

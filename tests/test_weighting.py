@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -379,15 +376,6 @@ def test_uw_under_bf16_autocast_on_the_cpu_keeps_losses_and_weights_fp32(root, t
 # ------------------------------------------------------------------------------------------------- processes
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONHASHSEED="0")
-    env.pop("RANK", None)
-    return env
-
-
-def _run(cmd):
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def _common(root, out, *sets):
@@ -396,14 +384,13 @@ def _common(root, out, *sets):
             f"train.out_dir={out}", *sets]
 
 
-def test_two_gloo_processes_weigh_like_one_process(root, tmp_path):
+def test_two_gloo_processes_weigh_like_one_process(run_cli, root, tmp_path):
     """uw: the log-variances' gradients are averaged over processes like DDP's, and the regulariser counted once per
     step; their values, the weights and the model equal one process's on the same global batch."""
     sets = ["train.loss_weighting=uw", "train.loss_weighting_options.lr_scale=20"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "taskprompter", *_common(root, one, *sets)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *_common(root, two, *sets)])
+    run_cli(*_common(root, one, *sets))
+    run_cli(*_common(root, two, *sets), processes=2)
     r1, r2 = _records(one), _records(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for x, y in zip(r1, r2):
@@ -416,16 +403,15 @@ def test_two_gloo_processes_weigh_like_one_process(root, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["famo", "upgrad"])
-def test_a_loss_level_and_a_gradient_level_method_with_defaults_weigh_in_two_processes_as_in_one(root, tmp_path, name):
+def test_famo_and_upgrad_with_defaults_weigh_in_two_processes_as_in_one(run_cli, root, tmp_path, name):
     """famo (the global losses before the backward, its Adam state) and upgrad (the Gram matrix of the per-task
     gradients at the encoder's outputs, summed over processes; the decoders' and the encoder's backward passes under
     DDP) with default options: the losses, the weights of every step and the trained model equal one process's."""
     sets = [f"train.loss_weighting={name}", "optim.eps=1e-3"]  # as test_distributed: rounding-noise gradients of
     #                                                                   conv biases before BatchNorm stay below eps
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "taskprompter", *_common(root, one, *sets)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *_common(root, two, *sets)])
+    run_cli(*_common(root, one, *sets))
+    run_cli(*_common(root, two, *sets), processes=2)
     r1, r2 = _records(one), _records(two)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for x, y in zip(r1, r2):
@@ -439,14 +425,13 @@ def test_a_loss_level_and_a_gradient_level_method_with_defaults_weigh_in_two_pro
     assert worst < 1e-5, worst  # 3 Adam steps of lr 1e-3: float summation order only
 
 
-def test_gradnorm_scale_takes_the_global_batchs_feature_gradient_norms(root, tmp_path):
+def test_gradnorm_scale_takes_the_global_batchs_feature_gradient_norms(run_cli, root, tmp_path):
     """The squared norms summed over processes (SyncBatchNorm's backward carries the other process's share into each
     feature gradient): the weights of step 1, on equal models, are the one-process ones."""
     sets = ["train.loss_weighting=gradnorm_scale", "optim.max_iters=1", "train.checkpoint_every=1"]
     one, two = tmp_path / "one", tmp_path / "two"
-    _run([sys.executable, "-m", "taskprompter", *_common(root, one, *sets)])
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *_common(root, two, *sets)])
+    run_cli(*_common(root, one, *sets))
+    run_cli(*_common(root, two, *sets), processes=2)
     (x,), (y,) = _records(one), _records(two)
     weights = [k for k in x if k.startswith("weight/")]
     assert len(weights) == 5 and len({x[k] for k in weights}) == 5
@@ -530,7 +515,7 @@ def test_two_micro_batches_weigh_like_one_batch_of_both(name, options):
 
 
 @pytest.mark.parametrize("sets", TWO_PASS)
-def test_accumulated_micro_batches_weigh_like_processes(root, tmp_path, sets):
+def test_accumulated_micro_batches_weigh_like_processes(run_cli, root, tmp_path, sets):
     """1 process x 2 micro-batches = 2 gloo processes x 1 micro-batch on the same global batch, for the methods whose
     weights need the step's global statistics before its backward (the first pass sums the micro-batches' shares --
     losses, squared feature-gradient norms, Gram matrices, or per-task parameter gradients before their Gram -- as the
@@ -540,13 +525,12 @@ def test_accumulated_micro_batches_weigh_like_processes(root, tmp_path, sets):
     #                                                          conv biases before BatchNorm stay below it)
     acc, two = tmp_path / "acc", tmp_path / "two"
     train(load_config("synthetic_tiny", _common(root, acc, *sets, "train.accum_steps=2")[4:]))
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *_common(root, two, *sets, "train.sync_bn=false")])
+    run_cli(*_common(root, two, *sets, "train.sync_bn=false"), processes=2)
     _assert_same_training(acc, two)
 
 
 @pytest.mark.parametrize("sets", [TWO_PASS[0], TWO_PASS[3]])
-def test_two_processes_accumulating_weigh_like_one_process_accumulating_more(root, tmp_path, sets):
+def test_two_processes_accumulating_weigh_like_one_process_accumulating_more(run_cli, root, tmp_path, sets):
     """DDP and accumulation together: 2 gloo processes x 2 micro-batches = 1 process x 4 micro-batches (one image each;
     without sync BN, as above). famo's first pass is a no-grad forward of the DDP-wrapped model; UPGrad's on the
     encoder's parameters runs through the module DDP wraps, its per-task parameter gradients summed over micro-batches
@@ -554,8 +538,7 @@ def test_two_processes_accumulating_weigh_like_one_process_accumulating_more(roo
     sets = [*sets, "optim.eps=1e-3", "train.batch_size=4"]
     one, two = tmp_path / "one", tmp_path / "two"
     train(load_config("synthetic_tiny", _common(root, one, *sets, "train.accum_steps=4")[4:]))
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-          "taskprompter", *_common(root, two, *sets, "train.accum_steps=2", "train.sync_bn=false")])
+    run_cli(*_common(root, two, *sets, "train.accum_steps=2", "train.sync_bn=false"), processes=2)
     _assert_same_training(one, two)
 
 
