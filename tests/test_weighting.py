@@ -384,14 +384,19 @@ def _common(root, out, *sets):
             f"train.out_dir={out}", *sets]
 
 
+def _one_and_two_processes(run_cli, root, tmp_path, *sets):
+    """The same run in one process and in 2 gloo processes: (records of one, records of two, their run dirs)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_cli(*_common(root, one, *sets))
+    run_cli(*_common(root, two, *sets), processes=2)
+    return _records(one), _records(two), one, two
+
+
 def test_two_gloo_processes_weigh_like_one_process(run_cli, root, tmp_path):
     """uw: the log-variances' gradients are averaged over processes like DDP's, and the regulariser counted once per
     step; their values, the weights and the model equal one process's on the same global batch."""
     sets = ["train.loss_weighting=uw", "train.loss_weighting_options.lr_scale=20"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(*_common(root, one, *sets))
-    run_cli(*_common(root, two, *sets), processes=2)
-    r1, r2 = _records(one), _records(two)
+    r1, r2, one, two = _one_and_two_processes(run_cli, root, tmp_path, *sets)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for x, y in zip(r1, r2):
         for key in [k for k in x if k.startswith(("loss/", "weight/"))]:
@@ -409,10 +414,7 @@ def test_famo_and_upgrad_with_defaults_weigh_in_two_processes_as_in_one(run_cli,
     DDP) with default options: the losses, the weights of every step and the trained model equal one process's."""
     sets = [f"train.loss_weighting={name}", "optim.eps=1e-3"]  # as test_distributed: rounding-noise gradients of
     #                                                                   conv biases before BatchNorm stay below eps
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(*_common(root, one, *sets))
-    run_cli(*_common(root, two, *sets), processes=2)
-    r1, r2 = _records(one), _records(two)
+    r1, r2, one, two = _one_and_two_processes(run_cli, root, tmp_path, *sets)
     assert [r["step"] for r in r1] == [r["step"] for r in r2] == [1, 2, 3]
     for x, y in zip(r1, r2):
         keys = [k for k in x if k.startswith(("loss/", "weight/"))]
@@ -429,10 +431,7 @@ def test_gradnorm_scale_takes_the_global_batchs_feature_gradient_norms(run_cli, 
     """The squared norms summed over processes (SyncBatchNorm's backward carries the other process's share into each
     feature gradient): the weights of step 1, on equal models, are the one-process ones."""
     sets = ["train.loss_weighting=gradnorm_scale", "optim.max_iters=1", "train.checkpoint_every=1"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(*_common(root, one, *sets))
-    run_cli(*_common(root, two, *sets), processes=2)
-    (x,), (y,) = _records(one), _records(two)
+    (x,), (y,), _, _ = _one_and_two_processes(run_cli, root, tmp_path, *sets)
     weights = [k for k in x if k.startswith("weight/")]
     assert len(weights) == 5 and len({x[k] for k in weights}) == 5
     for key in weights + ["loss/total"]:
