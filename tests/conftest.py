@@ -21,6 +21,15 @@ def synthetic_pascal_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def training_pascal_root(tmp_path_factory):
+    """The training tests' synthetic PASCAL-Context tree (12 scenes of 64x64, seed 1). Treat it as read-only."""
+    from taskprompter.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "PASCALContext", format="pascal_context", num=12,
+                    size=(64, 64), seed=1)
+
+
+@pytest.fixture(scope="session")
 def synthetic_nyud_root(tmp_path_factory):
     """A small synthetic NYUD-v2 tree (6 samples of 64x80, seed 0). Treat it as read-only."""
     from taskprompter.data.synthetic import generate

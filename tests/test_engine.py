@@ -13,15 +13,13 @@ import yaml
 
 from taskprompter.config import load_config
 from taskprompter.data.sampling import StepBatches
-from taskprompter.data.synthetic import generate
 from taskprompter.engine.setup import amp_settings
 from taskprompter.engine.train import NonFiniteLossError, train
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth") / "PASCALContext", format="pascal_context", num=12,
-                    size=(64, 64), seed=1)
+def root(training_pascal_root):
+    return training_pascal_root  # conftest: 12 scenes of 64x64, seed 1, shared by the training tests
 
 
 

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from taskprompter.config import load_config
 from taskprompter.data.partial import random_labels, record_path, write_labelled_tasks
-from taskprompter.data.synthetic import generate
 from taskprompter.engine.evaluate import task_channels
 from taskprompter.engine.setup import build_model
 from taskprompter.engine.train import train
@@ -21,9 +20,8 @@ FIVE = ["semseg", "human_parts", "sal", "normals", "edge"]
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth") / "PASCALContext", format="pascal_context", num=12,
-                    size=(64, 64), seed=1)
+def root(training_pascal_root):
+    return training_pascal_root  # conftest: 12 scenes of 64x64, seed 1, shared by the training tests
 
 
 def _train_ids(root) -> list[str]:

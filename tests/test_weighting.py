@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from taskprompter.config import LOSS_WEIGHTINGS, load_config
-from taskprompter.data.synthetic import generate
 from taskprompter.engine import train as train_module
 from taskprompter.engine.stop import StopRequest
 from taskprompter.engine.train import train
@@ -285,9 +284,8 @@ def test_typos_and_impossible_combinations_are_config_errors(root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("synth") / "PASCALContext", format="pascal_context", num=12,
-                    size=(64, 64), seed=1)
+def root(training_pascal_root):
+    return training_pascal_root  # conftest: 12 scenes of 64x64, seed 1, shared by the training tests
 
 
 def _cfg(root, out, *extra):
