@@ -3,13 +3,19 @@
     .venv/bin/python benchmarks/synthetic_ablation.py --out runs/ablation                # the budget of docs/results.md
     .venv/bin/python benchmarks/synthetic_ablation.py --out runs/ablation --seeds 0 1 2  # with the spread over seeds
     .venv/bin/python benchmarks/synthetic_ablation.py --out /tmp/abl --quick             # smoke run, seconds
+    # the same in bf16 autocast, two trainings at a time, compared cell by cell with the fp32 runs
+    .venv/bin/python benchmarks/synthetic_ablation.py --out runs/ablation_bf16 --seeds 0 1 2 --amp bf16 --jobs 2 \
+        --against runs/ablation
 
 Trains, with one fixed budget each (same data, schedule, optimiser and seed): the five single-task models (STL: the
 baseline structure with one task), the multi-task baseline (ViT + Conv3x3-BN-ReLU-Conv1x1 heads, no prompts), and
 +SPrompt, +SPrompt+CPrompt, +RW, +HP (``taskprompter.model.variants.ABLATION_STAGES``); evaluates every run with every
 metric on the held-out scenes; prints Table 1 with Delta_m against our own STL runs. Every finished run leaves
 ``<out>/seed<S>/<run>/metrics.json`` and is skipped when the script runs again (so a stopped run resumes);
-``<out>/results.json`` and ``<out>/table.md`` hold the table.
+``<out>/results.json`` and ``<out>/table.md`` hold the table. ``--amp`` is the runs' ``train.amp`` (``off``, fp32,
+by default, as the demo); a directory holds runs of one precision only. ``--against DIR`` compares each cell with
+the same cell of another output directory (e.g. bf16 against fp32): both means, the difference, and the other
+directory's spread over seeds (``<out>/against.md``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import json
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,8 @@ PAPER = {"stl": [78.42, 68.36, 85.34, 13.87, 73.90, None], "baseline": [75.04, 6
                                                                                     -2.11],
          "rw": [76.83, 66.31, 85.00, 13.94, 71.30, -1.90], "hp": [79.00, 67.00, 85.05, 13.47, 73.50, 0.15]}
 
+PRECISION = {"off": "fp32"}  # train.amp -> the name of the precision in --against's table
+
 # The budgets. full: ~14 min per seed on one CPU core (10 trainings); quick: a smoke run of the whole pipeline.
 SETTINGS = {
     "full": dict(preset="taskprompter_small", size=(96, 128), num_scenes=400, steps=600, batch=8, warmup=30,
@@ -56,8 +66,10 @@ def runs() -> list[tuple[str, str, tuple[str, ...]]]:
     return stl + [(stage, stage, TASKS) for stage in ABLATION_STAGES]
 
 
-def run_config(setting: dict[str, Any], stage: str, tasks: tuple[str, ...], *, root: Path, out: Path, seed: int):
-    """The training config of one run: the synthetic_demo recipe with this run's budget, model switches and tasks."""
+def run_config(setting: dict[str, Any], stage: str, tasks: tuple[str, ...], *, root: Path, out: Path, seed: int,
+               amp: str = "off"):
+    """The training config of one run: the synthetic_demo recipe with this run's budget, model switches, tasks and
+    precision (``train.amp``)."""
     depth = PRESETS[setting["preset"]]["depth"]
     cfg = load_config("synthetic_demo", [
         f"model.name={setting['preset']}", f"data.root={root}", f"data.size=[{setting['size'][0]}, "
@@ -66,38 +78,67 @@ def run_config(setting: dict[str, Any], stage: str, tasks: tuple[str, ...], *, r
         f"train.eval_batch_size={setting['batch']}",
         "train.eval_every=0", f"train.checkpoint_every={setting['steps']}", "train.progress=false",
         f"train.log_every={max(1, setting['steps'] // 10)}", f"train.out_dir={out}", f"seed={seed}",
-        f"data.max_val_samples={setting['max_val']}"])
+        f"data.max_val_samples={setting['max_val']}", f"train.amp={amp}"])
     overrides = {k: list(v) if isinstance(v, tuple) else v for k, v in ablation_kwargs(stage, depth=depth).items()}
     return replace(cfg, model=replace(cfg.model, overrides=overrides), data=replace(cfg.data, tasks=tasks))
 
 
-def train_all(setting: dict[str, Any], out: Path, seeds: list[int], *, force: bool = False) -> dict[int, dict]:
-    """{seed: {run: {task: {metric: value}}}}, training what is not already in ``out``."""
+def _train_one(job: tuple[dict[str, Any], str, str, tuple[str, ...], str, str, int, str]) -> dict[str, Any]:
+    """Train and evaluate one run of the table; its record (also written to ``<run>/metrics.json``)."""
+    setting, name, stage, tasks, root, run_dir, seed, amp = job
+    t0 = time.time()
+    cfg = run_config(setting, stage, tasks, root=Path(root), out=Path(run_dir), seed=seed, amp=amp)
+    metrics = train(cfg, overwrite=True)["metrics"]  # a run without metrics.json is retrained
+    record = {"run": name, "stage": stage, "tasks": list(tasks), "seed": seed, "seconds": time.time() - t0,
+              "setting": setting, "amp": amp, "metrics": metrics}
+    (Path(run_dir) / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _train_in_worker(job: tuple) -> dict[str, Any]:
+    """_train_one in a pool worker: one CPU thread per training, so that ``--jobs`` trainings share the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    return _train_one(job)
+
+
+def train_all(setting: dict[str, Any], out: Path, seeds: list[int], *, force: bool = False, amp: str = "off",
+              jobs: int = 1) -> dict[int, dict]:
+    """{seed: {run: {task: {metric: value}}}}, training what is not already in ``out`` (``jobs`` at a time)."""
     from taskprompter.data.synthetic import generate
 
     root = out / "data" / "PASCALContext"
     if not (root / "ImageSets").is_dir():
         print(f"ablation: writing {setting['num_scenes']} synthetic scenes of {setting['size']} to {root}", flush=True)
         generate(root, format="pascal_context", num=setting["num_scenes"], size=tuple(setting["size"]), seed=1234)
-    results: dict[int, dict] = {}
+    results: dict[int, dict] = {seed: {} for seed in seeds}
+    todo = []
     for seed in seeds:
-        results[seed] = {}
         for name, stage, tasks in runs():
-            run_dir = out / f"seed{seed}" / name
-            done = run_dir / "metrics.json"
+            done = out / f"seed{seed}" / name / "metrics.json"
             if done.is_file() and not force:
-                results[seed][name] = json.loads(done.read_text())["metrics"]
+                record = json.loads(done.read_text())
+                if record.get("amp", "off") != amp:  # records before --amp existed are fp32
+                    raise SystemExit(f"{done} was trained with train.amp={record.get('amp', 'off')}, not {amp}: "
+                                     f"use another --out for another precision")
+                results[seed][name] = record["metrics"]
                 continue
-            t0 = time.time()
-            cfg = run_config(setting, stage, tasks, root=root, out=run_dir, seed=seed)
-            metrics = train(cfg, overwrite=True)["metrics"]  # a run without metrics.json is retrained
-            record = {"run": name, "stage": stage, "tasks": list(tasks), "seed": seed, "seconds": time.time() - t0,
-                      "setting": setting, "metrics": metrics}
-            done.write_text(json.dumps(record, indent=1) + "\n")
-            results[seed][name] = metrics
-            print(f"ablation: seed {seed} {name:16s} {time.time() - t0:6.0f} s  " + "  ".join(
-                f"{t} {metrics[t][METRIC_SPECS[t].primary]:.2f}" for t in tasks), flush=True)
-    return results
+            todo.append((setting, name, stage, tasks, str(root), str(out / f"seed{seed}" / name), seed, amp))
+
+    def report(record: dict[str, Any]) -> None:
+        results[record["seed"]][record["run"]] = metrics = record["metrics"]
+        print(f"ablation: seed {record['seed']} {record['run']:16s} {record['seconds']:6.0f} s  " + "  ".join(
+            f"{t} {metrics[t][METRIC_SPECS[t].primary]:.2f}" for t in record["tasks"]), flush=True)
+
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            for record in pool.map(_train_in_worker, todo):
+                report(record)
+    else:
+        for job in todo:
+            report(_train_one(job))
+    return {seed: {name: results[seed][name] for name, _, _ in runs()} for seed in seeds}
 
 
 def safe_delta_m(values: dict[str, float], references: dict[str, float]) -> float:
@@ -159,6 +200,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_against(rows: list[dict[str, Any]], other: list[dict[str, Any]], *, label: str, other_label: str) -> str:
+    """Each cell of ``rows`` beside the same cell of ``other`` (e.g. bf16 beside fp32): both means over seeds, the
+    difference, and that difference in units of ``other``'s standard deviation over seeds (its seed spread); the
+    last column counts the cells within one and two such deviations."""
+    header = ["Model"] + [COLUMNS[t] for t in TASKS] + ["MTL Gain Δm ↑", "within 1σ / 2σ"]
+    lines = [f"Each cell: {label} − {other_label} = difference (the difference in standard deviations of "
+             f"{other_label} over seeds).", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    by_row = {r["row"]: r for r in other}
+    for r in rows:
+        o = by_row[r["row"]]
+        pairs = [(r["values"][t], o["values"][t], o["std"][t]) for t in TASKS]
+        if r["delta_m"] is not None:
+            pairs.append((r["delta_m"], o["delta_m"], o["delta_m_std"]))
+        cells, within = [], [0, 0]
+        for mine, theirs, sd in pairs:
+            diff = mine - theirs
+            sigmas = abs(diff) / sd if sd else (0.0 if diff == 0 else float("inf"))
+            within[0] += sigmas <= 1
+            within[1] += sigmas <= 2
+            cells.append(f"{mine:.2f} − {theirs:.2f} = {diff:+.2f} ({sigmas:.1f}σ)")
+        if r["delta_m"] is None:
+            cells.append("-")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {within[0]} / {within[1]} of {len(pairs)} |")
+    return "\n".join(lines)
+
+
 def write_runs_csv(path: Path, out: Path, seeds: list[int]) -> None:
     """One row per (seed, run): its budget, time and every scalar metric of every task it was trained on."""
     import csv
@@ -168,7 +235,8 @@ def write_runs_csv(path: Path, out: Path, seeds: list[int]) -> None:
         for name, stage, tasks in runs():
             record = json.loads((out / f"seed{seed}" / name / "metrics.json").read_text())
             row = {"seed": seed, "run": name, "stage": stage, "tasks": "+".join(tasks),
-                   "seconds": round(record["seconds"], 1), **{f"setting_{k}": v for k, v in record["setting"].items()}}
+                   "amp": record.get("amp", "off"), "seconds": round(record["seconds"], 1),
+                   **{f"setting_{k}": v for k, v in record["setting"].items()}}
             for task, values in record["metrics"].items():
                 row.update({f"{task}.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
             rows.append(row)
@@ -188,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="override the iterations per run")
     parser.add_argument("--force", action="store_true", help="retrain runs that already have metrics.json")
     parser.add_argument("--csv", help="also write every run's metrics to this CSV (e.g. benchmarks/results/...)")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16", "auto"),
+                        help="train.amp of every run (default off: fp32, as the demo)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel (one CPU thread each)")
+    parser.add_argument("--against", help="another output directory (same seeds) to compare every cell with")
     args = parser.parse_args(argv)
     setting = dict(SETTINGS["quick" if args.quick else "full"])
     if args.steps:
@@ -195,17 +267,34 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    results = train_all(setting, out, args.seeds, force=args.force)
+    results = train_all(setting, out, args.seeds, force=args.force, amp=args.amp, jobs=args.jobs)
     rows = table_rows(results)
     table = format_table(rows)
     print(f"\nTable 1 on synthetic scenes ({setting['preset']}, {setting['size'][0]}x{setting['size'][1]}, "
-          f"{setting['steps']} iterations x batch {setting['batch']}, seeds {args.seeds}):\n\n{table}")
+          f"{setting['steps']} iterations x batch {setting['batch']}, seeds {args.seeds}, train.amp={args.amp}):"
+          f"\n\n{table}")
     (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"setting": setting, "seeds": args.seeds, "rows": rows,
+    (out / "results.json").write_text(json.dumps({"setting": setting, "seeds": args.seeds, "amp": args.amp,
+                                                  "rows": rows,
                                                   "runs": {str(s): r for s, r in results.items()},
                                                   "seconds": time.time() - t0}, indent=1) + "\n")
     if args.csv:
         write_runs_csv(Path(args.csv), out, args.seeds)
+    if args.against:
+        other = Path(args.against)
+        records = {}
+        for seed in args.seeds:
+            for name, _, _ in runs():
+                path = other / f"seed{seed}" / name / "metrics.json"
+                if not path.is_file():
+                    raise SystemExit(f"--against {other}: {path} is missing (train it there first)")
+                records.setdefault(seed, {})[name] = json.loads(path.read_text())
+        other_amp = {r.get("amp", "off") for runs_ in records.values() for r in runs_.values()}
+        other_rows = table_rows({s: {n: r["metrics"] for n, r in runs_.items()} for s, runs_ in records.items()})
+        text = format_against(rows, other_rows, label=PRECISION.get(args.amp, args.amp),
+                              other_label="/".join(PRECISION.get(a, a) for a in sorted(other_amp)))
+        print(f"\nagainst {other}:\n\n{text}")
+        (out / "against.md").write_text(text + "\n")
     return 0
 
 

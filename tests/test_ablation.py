@@ -83,3 +83,40 @@ def test_quick_ablation_prints_table1_with_consistent_delta_m(tmp_path, capsys):
     # a second run resumes from the finished runs and gives the same table
     assert ablation.main(["--out", str(tmp_path), "--quick"]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == rows
+
+
+def _row(row: str, values: list[float], std: list[float], dm: float | None, dm_std: float | None) -> dict:
+    return {"row": row, "name": row, "values": dict(zip(TASKS, values)), "std": dict(zip(TASKS, std)),
+            "delta_m": dm, "delta_m_std": dm_std}
+
+
+def test_against_table_counts_cells_within_the_other_runs_seed_spread():
+    ablation = load_script()
+    mine = [_row("stl", [10, 20, 30, 40, 50], [0] * 5, None, None),
+            _row("hp", [11, 20, 30, 40, 50], [0] * 5, 2.0, 0.0)]
+    other = [_row("stl", [10.5, 20, 29, 40, 47], [1, 1, 0.4, 1, 1], None, None),
+             _row("hp", [10, 20.5, 30, 40, 50], [0.5, 1, 1, 0, 1], 1.0, 0.4)]
+    text = ablation.format_against(mine, other, label="bf16", other_label="fp32")
+    lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    # stl: |diff|/sigma = 0.5, 0, 2.5, 0, 3 -> 3 within 1 sigma, 3 within 2 sigma, of 5 cells (no Delta_m)
+    assert "30.00 − 29.00 = +1.00 (2.5σ)" in lines["stl"]
+    assert lines["stl"].endswith("| 3 / 3 of 5 |")
+    # hp: 2.0, 0.5, 0, 0 (no difference, no spread), 0, Delta_m 2.5 -> 4 within 1 sigma, 5 within 2, of 6
+    assert "11.00 − 10.00 = +1.00 (2.0σ)" in lines["hp"]
+    assert "2.00 − 1.00 = +1.00 (2.5σ)" in lines["hp"]
+    assert lines["hp"].endswith("| 4 / 5 of 6 |")
+    # a difference where the other side has no spread is infinitely many sigmas away
+    other[1]["std"]["normals"] = 0.0
+    mine[1]["values"]["normals"] = 41.0
+    text = ablation.format_against(mine, other, label="bf16", other_label="fp32")
+    assert "41.00 − 40.00 = +1.00 (infσ)" in text
+
+
+def test_a_directory_holds_one_precision(tmp_path):
+    ablation = load_script()
+    run = tmp_path / "seed0" / "stl_semseg"
+    run.mkdir(parents=True)
+    (tmp_path / "data" / "PASCALContext" / "ImageSets").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"metrics": {}, "amp": "off"}))
+    with pytest.raises(SystemExit, match="train.amp=off, not bf16"):
+        ablation.train_all(ablation.SETTINGS["quick"], tmp_path, [0], amp="bf16")
