@@ -590,3 +590,25 @@ def test_both_passes_see_the_same_forwards_under_drop_path(root, tmp_path, monke
     monkeypatch.setattr(weighting_backward, "replayable_forwards", buffers_only)
     differ = [any(not torch.equal(a[t], b[t]) for t in a) for a, b in passes(tmp_path / "not_restored")]
     assert all(differ), differ
+
+
+@pytest.mark.slow
+def test_famo_accumulating_under_compile_trains_as_eager(root, tmp_path, monkeypatch):
+    """famo's two-pass step under ``train.compile``: the first pass (no-grad forwards of the compiled model, a graph
+    of its own) and the second give the losses, weights and model of the eager run. aot_eager stands in for inductor
+    (the same graph capture and joint graph, without minutes of C++ compilation on 2 cores)."""
+    sets = ["train.loss_weighting=famo", "train.batch_size=4", "train.accum_steps=2",  # tiny: no drop path
+            "optim.eps=1e-3"]  # as above: Adam would blow rounding-noise gradients up to lr-sized steps
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train(load_config("synthetic_tiny", _common(root, eager, *sets)[4:]))
+    real_compile, calls = torch.compile, []
+
+    def aot_eager(model, **kw):
+        calls.append(model)
+        return real_compile(model, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    torch._dynamo.reset()
+    train(load_config("synthetic_tiny", _common(root, compiled, *sets, "train.compile=true")[4:]))
+    assert len(calls) == 1
+    _assert_same_training(eager, compiled, rel=1e-4, atol=1e-4)
