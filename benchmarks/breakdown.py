@@ -1,7 +1,10 @@
 """Where a training step's time goes: encoder, decoder, heads and optimiser, each timed alone (forward + backward),
-for the efficient and the naive path of one bench configuration.
+for the efficient and the naive path of one bench configuration, and with ``--amp bf16`` the efficient path under
+bf16 autocast beside them (``--infer``: the same parts forward only, under ``inference_mode``).
 
     .venv/bin/python benchmarks/breakdown.py --preset taskprompter_bench_c --batch 8 --threads 2
+    .venv/bin/python benchmarks/breakdown.py --preset taskprompter_bench_c --batch 8 --threads 2 --amp bf16
+    .venv/bin/python benchmarks/breakdown.py --preset taskprompter_bench_a --batch 2 --threads 2 --amp bf16 --infer
 
 Each part runs on detached inputs that require gradients (the encoder's outputs for the decoder, the decoder's for
 the heads); the step also holds the loss, zero_grad and one larger autograd graph, so the parts add up to a little
@@ -17,6 +20,7 @@ import time
 import torch
 
 from taskprompter.bench import BenchConfig, Runner
+from taskprompter.bench.measure import amp_context
 from taskprompter.model.heads import upsampled_logits
 from taskprompter.model.prompt_block import Affinity
 
@@ -42,30 +46,44 @@ def detached(levels: list[tuple[torch.Tensor, Affinity]]) -> list[tuple[torch.Te
 
 
 def parts(cfg: BenchConfig, repeats: int) -> dict[str, float]:
+    """Median ms of the whole step and of each part alone, in the configuration's precision (``cfg.amp``) and mode."""
     runner = Runner(cfg)
-    model, images = runner.model.train(), runner.images
+    model, images, train = runner.model.train(), runner.images, cfg.mode == "train"
+    if not train:
+        model.eval()
 
-    def encoder() -> None:
+    def timed(fn) -> float:
+        def run() -> None:
+            with torch.inference_mode(not train), amp_context(cfg):
+                out = fn()
+            if train:
+                out.float().backward()
+        return median_ms(run, repeats)
+
+    def encoder() -> torch.Tensor:
         levels = model.backbone(images, model.decode_blocks)
-        sum(t.mean() + sum(getattr(a, f).mean() for f in MAPS if getattr(a, f) is not None)
-            for t, a in levels).backward()
+        return sum(t.float().mean() + sum(getattr(a, f).float().mean() for f in MAPS if getattr(a, f) is not None)
+                   for t, a in levels)
 
-    levels = detached(model.backbone(images, model.decode_blocks))
+    with torch.no_grad(), amp_context(cfg):
+        levels = model.backbone(images, model.decode_blocks)
+        feats = model.decoder(levels, model.grid)
+    levels = detached(levels) if train else levels
+    feats = feats.detach().requires_grad_(train)
 
-    def decoder() -> None:
-        model.decoder(levels, model.grid).mean().backward()
+    def decoder() -> torch.Tensor:
+        return model.decoder(levels, model.grid).float().mean()
 
-    feats = model.decoder(levels, model.grid).detach().requires_grad_()
+    def heads() -> torch.Tensor:
+        return sum(upsampled_logits(h, f, model.img_size, low_res_conv=model.low_res_head_conv).float().mean()
+                   for h, f in zip(model.heads.values(), feats.unbind(1)))
 
-    def heads() -> None:
-        sum(upsampled_logits(h, f, model.img_size, low_res_conv=model.low_res_head_conv).mean()
-            for h, f in zip(model.heads.values(), feats.unbind(1))).backward()
-
-    result = {"step": median_ms(runner.step, repeats), "encoder": median_ms(encoder, repeats),
-              "decoder": median_ms(decoder, repeats), "heads": median_ms(heads, repeats)}
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    result["optimizer"] = median_ms(runner.optimizer.step, repeats)
+    result = {"step": median_ms(runner.step, repeats), "encoder": timed(encoder), "decoder": timed(decoder),
+              "heads": timed(heads)}
+    if train:
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        result["optimizer"] = median_ms(runner.optimizer.step, repeats)
     return result
 
 
@@ -75,15 +93,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--amp", default="off", choices=("off", "bf16"), help="bf16: add the efficient path in bf16")
+    parser.add_argument("--infer", action="store_true", help="inference (forward only) instead of a training step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    rows = {impl: parts(BenchConfig(preset=args.preset, impl=impl, batch=args.batch), args.repeats)
-            for impl in ("efficient", "naive")}
-    print(f"{args.preset}, batch {args.batch}, {args.threads} threads: ms per training step (forward + backward)")
-    print(f"{'part':10s} {'efficient':>10s} {'naive':>10s} {'x naive':>8s}")
-    for part in ("encoder", "decoder", "heads", "optimizer", "step"):
-        e, n = rows["efficient"][part], rows["naive"][part]
-        print(f"{part:10s} {e:10.1f} {n:10.1f} {n / e:8.2f}")
+    mode = "infer" if args.infer else "train"
+    variants = {"efficient": BenchConfig(preset=args.preset, impl="efficient", batch=args.batch, mode=mode)}
+    if args.amp == "bf16":
+        variants["efficient+bf16"] = BenchConfig(preset=args.preset, impl="efficient", batch=args.batch, mode=mode,
+                                                 amp="bf16")
+    variants["naive"] = BenchConfig(preset=args.preset, impl="naive", batch=args.batch, mode=mode)
+    rows = {name: parts(cfg, args.repeats) for name, cfg in variants.items()}
+    what = "inference (forward)" if args.infer else "training step (forward + backward)"
+    print(f"{args.preset}, batch {args.batch}, {args.threads} threads: ms per {what}; x naive = naive / variant")
+    print(f"{'part':10s} " + " ".join(f"{v:>15s}" for v in rows) + " " + " ".join(
+        f"{'x naive ' + v:>24s}" for v in rows if v != "naive"))
+    for part in rows["naive"]:
+        n = rows["naive"][part]
+        print(f"{part:10s} " + " ".join(f"{rows[v][part]:15.1f}" for v in rows) + " " + " ".join(
+            f"{n / rows[v][part]:24.2f}" for v in rows if v != "naive"))
 
 
 if __name__ == "__main__":
