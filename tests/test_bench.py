@@ -477,16 +477,24 @@ def test_selective_recompute_checkpoints_every_level_and_head(monkeypatch):
 
 
 def test_selective_recompute_auto_threshold():
+    """"auto" recomputes features from RECOMPUTE_MIN_BYTES up, only in training with gradients on the efficient path,
+    and not under autocast on the features' device (bf16 halves what it would save); "on" always, "off" never."""
     from taskprompter.model.recompute import RECOMPUTE_MIN_BYTES
 
+    x = torch.zeros(1)  # the features: their device type is the autocast that matters
     model = build_model("taskprompter_tiny").train()
-    assert model._recompute(RECOMPUTE_MIN_BYTES) and not model._recompute(RECOMPUTE_MIN_BYTES - 1)
+    assert model._recompute(x, RECOMPUTE_MIN_BYTES) and not model._recompute(x, RECOMPUTE_MIN_BYTES - 1)
     with torch.no_grad():
-        assert not model._recompute(RECOMPUTE_MIN_BYTES)  # nothing to store without gradients
-    assert not model.eval()._recompute(RECOMPUTE_MIN_BYTES)
-    assert not build_model("taskprompter_tiny", attention_impl="naive").train()._recompute(RECOMPUTE_MIN_BYTES)
-    assert build_model("taskprompter_tiny", selective_recompute="on").train()._recompute(1)
-    assert not build_model("taskprompter_tiny", selective_recompute="off").train()._recompute(RECOMPUTE_MIN_BYTES)
+        assert not model._recompute(x, RECOMPUTE_MIN_BYTES)  # nothing to store without gradients
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not model._recompute(x, RECOMPUTE_MIN_BYTES)
+        assert build_model("taskprompter_tiny", selective_recompute="on").train()._recompute(x, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        assert model._recompute(x, RECOMPUTE_MIN_BYTES)
+    assert not model.eval()._recompute(x, RECOMPUTE_MIN_BYTES)
+    assert not build_model("taskprompter_tiny", attention_impl="naive").train()._recompute(x, RECOMPUTE_MIN_BYTES)
+    assert build_model("taskprompter_tiny", selective_recompute="on").train()._recompute(x, 1)
+    assert not build_model("taskprompter_tiny", selective_recompute="off").train()._recompute(x, RECOMPUTE_MIN_BYTES)
     with pytest.raises(ValueError, match="selective_recompute"):
         build_model("taskprompter_tiny", selective_recompute="always")
 

@@ -116,12 +116,17 @@ class TaskPrompter(PretrainedMixin, nn.Module):
         if self.backbone.num_tasks:
             nn.init.trunc_normal_(self.backbone.prompts, mean=1.0, std=1.0, a=-2.0, b=2.0)
 
-    def _recompute(self, nbytes: int) -> bool:
+    def _recompute(self, features: Tensor, nbytes: int) -> bool:
         """Selective recomputation (efficient path, training with gradients): decoder levels store their
         convolutions' outputs and recompute gating, concatenation, BN and GELU in the backward pass; heads store only
         their logits (the 3x3 conv, now ~1/8 of its released cost, is recomputed with BN and GELU). ``nbytes``: the
-        size of the features the decoder level or head works on, for ``"auto"``."""
+        size of the features the decoder level or head works on, for ``"auto"``; ``"auto"`` does not recompute under
+        autocast on ``features``' device: the activations it would drop are half as large there, storing them
+        costs what fp32 with recomputation does (config A: 0.71x against 0.70x the naive peak), and recomputing
+        them would take 15 % of the bf16 step (docs/performance.md)."""
         if self.attention_impl != "efficient" or not (self.training and torch.is_grad_enabled()):
+            return False
+        if self.selective_recompute == "auto" and torch.is_autocast_enabled(features.device.type):
             return False
         return selective_recompute_wanted(self.selective_recompute, nbytes)
 
@@ -136,8 +141,8 @@ class TaskPrompter(PretrainedMixin, nn.Module):
         ckpt = self.backbone.grad_checkpointing and self.training
         T = len(self.task_names)
         tokens = levels[0][0]  # (B, N, C)
-        feats = self.decoder(levels, self.grid, checkpointed=ckpt,
-                             keep=KEEP_OPS if self._recompute(tokens.numel() * T * tokens.element_size()) else ())
+        recompute = self._recompute(tokens, tokens.numel() * T * tokens.element_size())
+        feats = self.decoder(levels, self.grid, checkpointed=ckpt, keep=KEEP_OPS if recompute else ())
         outputs = {}
         predict = partial(upsampled_logits, size=self.img_size, low_res_conv=self.low_res_head_conv,
                           matrices=(self.head_interp_y, self.head_interp_x))
@@ -146,7 +151,7 @@ class TaskPrompter(PretrainedMixin, nn.Module):
             if ckpt:  # keep only the 1/16-resolution features; the 1/4-resolution activations are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head))
-            elif self._recompute(f.numel() * HEAD_SCALE**2 * f.element_size()):
+            elif self._recompute(f, f.numel() * HEAD_SCALE**2 * f.element_size()):
                 # keep the logits only: the low-resolution 3x3 conv products, BN and GELU are recomputed
                 outputs[task] = checkpoint(predict, head, f, use_reentrant=False,
                                            context_fn=partial(checkpoint_contexts, head, keep=KEEP_OPS))
