@@ -109,7 +109,8 @@ def collect(out: Path, ablation_dir: Path | None, seeds: list[int]) -> dict[int,
 
 def table(results: dict[int, dict[str, dict]], seeds: list[int]) -> tuple[str, list[dict[str, Any]]]:
     """Markdown: each method's mean primary metrics over seeds (± std), Delta_m of the means against the STL means,
-    with the spread of the per-seed Delta_m."""
+    with the spread of the per-seed Delta_m, and the paired difference to ``fixed``: per seed, the run's Delta_m minus
+    ``fixed``'s on the same seed (same initialisation and data order), mean ± std over seeds and the values."""
     def primary(seed: int, run: str, task: str) -> float:
         return float(results[seed][run][task][METRIC_SPECS[task].primary])
 
@@ -128,13 +129,21 @@ def table(results: dict[int, dict[str, dict]], seeds: list[int]) -> tuple[str, l
                      "delta_m": ablation.safe_delta_m({t: c[0] for t, c in cells.items()}, stl),
                      "delta_m_std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0,
                      "delta_m_per_seed": per_seed})
-    lines = ["| Run | " + " | ".join(ablation.COLUMNS[t] for t in TASKS) + " | Δm ↑ | Δm per seed |",
-             "|---" * (len(TASKS) + 3) + "|",
-             "| STL | " + " | ".join(f"{stl[t]:.2f}" for t in TASKS) + " | - | - |"]
+    fixed = next((r["delta_m_per_seed"] for r in rows if r["run"] == "fixed"), None)
+    for r in rows:
+        if fixed is not None and r["run"] != "fixed":
+            r["vs_fixed_per_seed"] = [a - b for a, b in zip(r["delta_m_per_seed"], fixed)]
+    lines = ["| Run | " + " | ".join(ablation.COLUMNS[t] for t in TASKS) + " | Δm ↑ | Δm per seed | Δm − fixed, "
+             "same seed |", "|---" * (len(TASKS) + 4) + "|",
+             "| STL | " + " | ".join(f"{stl[t]:.2f}" for t in TASKS) + " | - | - | - |"]
     for r in rows:
         values = " | ".join(f"{r['values'][t]:.2f} ± {r['std'][t]:.2f}" for t in TASKS)
+        paired = "-"
+        if d := r.get("vs_fixed_per_seed"):
+            spread = f" ± {statistics.stdev(d):.2f}" if len(d) > 1 else ""
+            paired = f"{statistics.fmean(d):+.2f}{spread} ({', '.join(f'{v:+.2f}' for v in d)})"
         lines.append(f"| {r['run']} | {values} | {r['delta_m']:.2f} ± {r['delta_m_std']:.2f} | "
-                     + ", ".join(f"{v:.2f}" for v in r["delta_m_per_seed"]) + " |")
+                     + ", ".join(f"{v:.2f}" for v in r["delta_m_per_seed"]) + f" | {paired} |")
     return "\n".join(lines), rows
 
 

@@ -120,3 +120,37 @@ def test_a_directory_holds_one_precision(tmp_path):
     (run / "metrics.json").write_text(json.dumps({"metrics": {}, "amp": "off"}))
     with pytest.raises(SystemExit, match="train.amp=off, not bf16"):
         ablation.train_all(ablation.SETTINGS["quick"], tmp_path, [0], amp="bf16")
+
+
+def load_comparison():
+    path = SCRIPT.parent / "weighting_comparison.py"
+    spec = importlib.util.spec_from_file_location("weighting_comparison", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_comparison_table_pairs_each_method_with_fixed_on_the_same_seed():
+    """benchmarks/weighting_comparison.py's table on hand-made metrics: Delta_m of the means, the per-seed Delta_m,
+    and the paired difference to ``fixed`` (a seed's Delta_m minus fixed's on that seed)."""
+    comparison = load_comparison()
+    stl = {"semseg": 10.0, "human_parts": 20.0, "sal": 50.0, "normals": 40.0, "edge": 30.0}
+
+    def metrics(scale: float) -> dict:  # every higher-is-better metric times scale, normals error divided by it
+        return {t: {METRIC_SPECS[t].primary: v / scale if t == "normals" else v * scale} for t, v in stl.items()}
+
+    results = {seed: {**{f"stl_{t}": metrics(1.0) for t in TASKS}, "fixed": metrics(1.1 + 0.1 * seed),
+                      "famo": metrics(1.2 + 0.2 * seed)} for seed in (0, 1)}
+    text, rows = comparison.table(results, [0, 1])
+    by_run = {r["run"]: r for r in rows}
+    assert list(by_run) == ["fixed", "famo"]  # methods without runs are left out
+    ref = {s: {run: delta_m({t: m[METRIC_SPECS[t].primary] for t, m in results[s][run].items()}, stl)
+               for run in ("fixed", "famo")} for s in (0, 1)}
+    assert by_run["famo"]["delta_m_per_seed"] == pytest.approx([ref[0]["famo"], ref[1]["famo"]])
+    paired = [ref[s]["famo"] - ref[s]["fixed"] for s in (0, 1)]
+    assert by_run["famo"]["vs_fixed_per_seed"] == pytest.approx(paired)
+    assert paired[1] > paired[0] > 0
+    famo_line = next(line for line in text.splitlines() if line.startswith("| famo |"))
+    mean, spread = (paired[0] + paired[1]) / 2, abs(paired[1] - paired[0]) / math.sqrt(2)
+    assert famo_line.endswith(f"| {mean:+.2f} ± {spread:.2f} ({paired[0]:+.2f}, {paired[1]:+.2f}) |")
+    assert next(line for line in text.splitlines() if line.startswith("| fixed |")).endswith("| - |")
