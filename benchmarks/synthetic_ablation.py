@@ -25,8 +25,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -95,12 +97,22 @@ def _train_one(job: tuple[dict[str, Any], str, str, tuple[str, ...], str, str, i
     return record
 
 
-def _train_in_worker(job: tuple) -> dict[str, Any]:
-    """_train_one in a pool worker: one CPU thread per training, so that ``--jobs`` trainings share the cores."""
+def _in_one_thread(fn: Callable[[Any], Any], job: Any) -> Any:
+    """``fn(job)`` in a pool worker with one CPU thread, so that parallel trainings share the cores."""
     import torch
 
     torch.set_num_threads(1)
-    return _train_one(job)
+    return fn(job)
+
+
+def map_trainings(fn: Callable[[Any], Any], todo: list, jobs: int) -> Iterator[Any]:
+    """``fn`` over ``todo`` in order: here when ``jobs`` is 1, else in ``jobs`` spawned one-thread processes (``fn``
+    must be a module-level function, as pickling needs)."""
+    if jobs > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            yield from pool.map(partial(_in_one_thread, fn), todo)
+    else:
+        yield from map(fn, todo)
 
 
 def train_all(setting: dict[str, Any], out: Path, seeds: list[int], *, force: bool = False, amp: str = "off",
@@ -131,13 +143,8 @@ def train_all(setting: dict[str, Any], out: Path, seeds: list[int], *, force: bo
         print(f"ablation: seed {record['seed']} {record['run']:16s} {record['seconds']:6.0f} s  " + "  ".join(
             f"{t} {metrics[t][METRIC_SPECS[t].primary]:.2f}" for t in record["tasks"]), flush=True)
 
-    if jobs > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            for record in pool.map(_train_in_worker, todo):
-                report(record)
-    else:
-        for job in todo:
-            report(_train_one(job))
+    for record in map_trainings(_train_one, todo, jobs):
+        report(record)
     return {seed: {name: results[seed][name] for name, _, _ in runs()} for seed in seeds}
 
 
@@ -226,26 +233,34 @@ def format_against(rows: list[dict[str, Any]], other: list[dict[str, Any]], *, l
     return "\n".join(lines)
 
 
-def write_runs_csv(path: Path, out: Path, seeds: list[int]) -> None:
-    """One row per (seed, run): its budget, time and every scalar metric of every task it was trained on."""
+def metric_columns(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """{"<task>.<metric>": value} of every scalar metric of a run."""
+    return {f"{task}.{k}": v for task, values in metrics.items() for k, v in values.items()
+            if isinstance(v, (int, float))}
+
+
+def write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``rows`` as a CSV whose columns are every key of any row, in first-seen order."""
     import csv
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_runs_csv(path: Path, out: Path, seeds: list[int]) -> None:
+    """One row per (seed, run): its budget, time and every scalar metric of every task it was trained on."""
     rows = []
     for seed in seeds:
         for name, stage, tasks in runs():
             record = json.loads((out / f"seed{seed}" / name / "metrics.json").read_text())
-            row = {"seed": seed, "run": name, "stage": stage, "tasks": "+".join(tasks),
-                   "amp": record.get("amp", "off"), "seconds": round(record["seconds"], 1),
-                   **{f"setting_{k}": v for k, v in record["setting"].items()}}
-            for task, values in record["metrics"].items():
-                row.update({f"{task}.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
-            rows.append(row)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+            rows.append({"seed": seed, "run": name, "stage": stage, "tasks": "+".join(tasks),
+                         "amp": record.get("amp", "off"), "seconds": round(record["seconds"], 1),
+                         **{f"setting_{k}": v for k, v in record["setting"].items()},
+                         **metric_columns(record["metrics"])})
+    write_rows_csv(path, rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,9 +23,7 @@ import json
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +59,6 @@ def _config(setting: dict[str, Any], name: str, *, root: Path, out: Path, seed: 
 
 def _train_one(job: tuple[dict[str, Any], str, str, str, int, str]) -> tuple[int, str, dict, float]:
     setting, name, root, out, seed, records = job
-    import torch
-
-    torch.set_num_threads(1)
     from taskprompter.engine.train import train
 
     run_dir = Path(out) / f"seed{seed}" / name
@@ -215,10 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             for seed, name in run_list(args.seeds, references=references, partial=not args.no_partial)
             if not (out / f"seed{seed}" / name / "metrics.json").is_file()]
     t0 = time.time()
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-        for seed, name, metrics, seconds in pool.map(_train_one, jobs):
-            print(f"weighting: seed {seed} {name:16s} {seconds:6.0f} s  " + "  ".join(
-                f"{t} {metrics[t][METRIC_SPECS[t].primary]:.2f}" for t in metrics), flush=True)
+    for seed, name, metrics, seconds in ablation.map_trainings(_train_one, jobs, args.jobs):
+        print(f"weighting: seed {seed} {name:16s} {seconds:6.0f} s  " + "  ".join(
+            f"{t} {metrics[t][METRIC_SPECS[t].primary]:.2f}" for t in metrics), flush=True)
     results = collect(out, None if references else ablation_dir, args.seeds)
     text, rows = table(results, args.seeds)
     print(f"\nloss weighting on synthetic scenes ({setting['preset']}, {setting['steps']} iterations x batch "
@@ -233,24 +227,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_csv(path: Path, out: Path, seeds: list[int]) -> None:
-    import csv
-
     rows = []
     for seed in seeds:
         for run in sorted((out / f"seed{seed}").iterdir()):
             if not (run / "metrics.json").is_file():
                 continue
             record = json.loads((run / "metrics.json").read_text())
-            row = {"seed": seed, "run": record["run"], "loss_weighting": record["loss_weighting"],
-                   "labelled_tasks": record["labelled_tasks"], "seconds": round(record["seconds"], 1)}
-            for task, values in record["metrics"].items():
-                row.update({f"{task}.{k}": v for k, v in values.items() if isinstance(v, (int, float))})
-            rows.append(row)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+            rows.append({"seed": seed, "run": record["run"], "loss_weighting": record["loss_weighting"],
+                         "labelled_tasks": record["labelled_tasks"], "seconds": round(record["seconds"], 1),
+                         **ablation.metric_columns(record["metrics"])})
+    ablation.write_rows_csv(path, rows)
 
 
 if __name__ == "__main__":
