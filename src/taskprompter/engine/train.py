@@ -125,7 +125,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
         model = build_model(cfg, tasks).to(d.device)  # on its device before the (fused) optimiser sees it
         optimizer = build_optimizer(model, cfg.optim)
         heads = task_heads(model, criterion.tasks)  # a task's own parameters: no gradient in a step without its labels
-        if cfg.optim.step_in_backward and getattr(train_ds, "labelled", None) is not None:
+        partial_labels = getattr(train_ds, "labelled", None) is not None
+        if cfg.optim.step_in_backward and partial_labels:
             raise ConfigError("optim.step_in_backward updates every parameter inside the backward, before the step "
                               "knows which tasks its batch has no labels for (their heads must not move): use "
                               "optim.step_in_backward=false with partially labelled data")
@@ -216,8 +217,8 @@ def train(cfg: Config, *, resume: bool | str = False, overwrite: bool = False) -
                 mine += torch.tensor([values[t] for t in criterion.tasks], dtype=torch.float64)
             for task, w in weighting.weights().items():
                 sums[f"weight/{task}"] = sums.get(f"weight/{task}", 0.0) + w
-            for task in tasks_without_labels(micro, criterion.tasks, d):  # partial labels: its head does not move
-                for p in heads[task]:  # (not even by weight decay or Adam's momentum: no gradient, no update)
+            for task in tasks_without_labels(micro, criterion.tasks, d) if partial_labels else ():
+                for p in heads[task]:  # its head does not move (not even by weight decay or Adam's momentum)
                     p.grad = None
             weighting.average_gradients(d.world_size)  # its parameters are outside DDP
             scaler.unscale_(optimizer)
